@@ -1,0 +1,3 @@
+from bgworkers.cli import main
+
+raise SystemExit(main())
