@@ -1,0 +1,72 @@
+"""Engines and the few places where MySQL/MariaDB and SQLite differ at connection level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL
+
+from bgworkers.settings import DatabaseSettings
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def make_engine(url: URL, settings: DatabaseSettings) -> Engine:
+    """One engine per database: pre-pinged pool, timeouts from settings."""
+    if is_sqlite(url):
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": settings.connect_timeout.total_seconds()},
+            pool_pre_ping=True,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_recycle=int(settings.pool_recycle.total_seconds()),
+        pool_timeout=settings.pool_timeout.total_seconds(),
+        connect_args={"connect_timeout": int(settings.connect_timeout.total_seconds())},
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (dashboards, status) run beside one writer; busy_timeout
+    # makes a second writer wait instead of failing at once.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
+    """Create the database named in a MySQL URL if missing (SQLite files appear by themselves).
+
+    Returns True when it was created.
+    """
+    if is_sqlite(url) or not url.database:
+        return False
+    server = make_engine(url.set(database=""), settings)
+    try:
+        with server.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :n"),
+                {"n": url.database},
+            ).first()
+            if exists:
+                return False
+            quoted = server.dialect.identifier_preparer.quote_identifier(url.database)
+            conn.execute(text(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4 "
+                              "COLLATE utf8mb4_unicode_ci"))
+            return True
+    finally:
+        server.dispose()
