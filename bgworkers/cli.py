@@ -1,1 +1,176 @@
-def main() -> int: return 0
+"""Command line: parse, load settings, configure logs, hand off.
+
+Exit statuses: 0 ok, 1 a check found problems or a tenant failed, 2 bad
+usage, bad settings, or a command this build does not provide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from bgworkers import __version__, dbadmin
+from bgworkers.jobs import BY_NAME, REGISTRY
+from bgworkers.logs import configure_logging
+from bgworkers.scheduler import describe_trigger, next_fire
+from bgworkers.settings import Settings, SettingsError, config_path, load_settings
+from bgworkers.tenancy import Databases
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(config_path(args.config))
+    configure_logging(settings.logging, settings.secret_values())
+    return settings
+
+
+def _with_databases(args: argparse.Namespace, work: Callable[[Settings, Databases], int]) -> int:
+    settings = _settings(args)
+    dbs = Databases(settings)
+    try:
+        return work(settings, dbs)
+    finally:
+        dbs.dispose()
+
+
+def _not_built(what: str) -> Command:
+    def command(args: argparse.Namespace) -> int:
+        _settings(args)
+        print(f"bgworkers {args.command}: {what} is not built yet", file=sys.stderr)
+        return 2
+    return command
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"{settings.source}: ok")
+    print(json.dumps(settings.public_dict(), indent=2))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    now = datetime.now(UTC)
+    rows = [("JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)")]
+    for spec in REGISTRY:
+        job = settings.jobs.get(spec.name)
+        fire = next_fire(job, settings.scheduler, now) if job.enabled else None
+        rows.append((spec.name, "yes" if job.enabled else "no", describe_trigger(job),
+                     spec.lease_group, f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    return _with_databases(args, lambda s, d: dbadmin.init(s, d, args.tenant, print))
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    return _with_databases(
+        args, lambda s, d: dbadmin.upgrade(s, d, args.tenant, args.dry_run, print))
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    return _with_databases(args, lambda s, d: dbadmin.check(s, d, print))
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from bgworkers import demo
+
+    at = None
+    if args.at:
+        at = datetime.fromisoformat(args.at)
+        at = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+    return _with_databases(args, lambda s, d: demo.generate(
+        s, d, tenants=args.tenants, scale=args.scale, seed=args.seed, at=at, reset=args.reset,
+        out=print))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS,
+        help="settings file (default: $BGWORKERS_CONFIG, else ./settings.toml)")
+    parser = argparse.ArgumentParser(
+        prog="bgworkers", parents=[common],
+        description="Background jobs of the Bellavier ERP: serial consistency, serial link "
+                    "outbox, dashboard refresh; one daemon for every tenant.")
+    parser.set_defaults(config=None)
+    parser.add_argument("--version", action="version", version=f"bgworkers {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str,
+            target: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+            ) -> argparse.ArgumentParser:
+        p = target.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    add("run", _not_built("the scheduler daemon"),
+        "run the daemon: schedule every enabled job for every tenant (systemd Type=notify)")
+    p = add("run-once", _not_built("the job runner"),
+            "run one tick of one job now, through the same runner as the daemon")
+    p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB",
+                   help=f"one of: {', '.join(BY_NAME)}")
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant")
+    p.add_argument("--dry-run", action="store_true", help="write nothing, report what would be done")
+    p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    add("jobs", cmd_jobs, "list jobs with trigger, lease group and next fire time")
+    add("check-config", cmd_check_config,
+        "validate settings and print the effective values (secrets masked)")
+
+    p = add("db", lambda a: 2, "database schema: init, upgrade, check")
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    p = add("init", cmd_db_init, "create the ERP schema on empty core and tenant databases "
+            "(demo, tests, benchmarks); databases with tables are left alone", db)
+    p.add_argument("--tenant", metavar="CODE", nargs="+", help="only these tenants")
+    p = add("upgrade", cmd_db_upgrade,
+            "apply this project's additive schema changes to core and every tenant", db)
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant (and the core side)")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    add("check", cmd_db_check,
+        "report missing tables and columns per database (exit 1 if any)", db)
+
+    p = add("demo-data", cmd_demo_data,
+            "fill the configured databases with synthetic ERP data (demo, tests, benchmarks)")
+    p.add_argument("--tenants", type=_positive_int, default=2, help="number of tenants (2)")
+    p.add_argument("--scale", type=_positive_float, default=1.0,
+                   help="size: about 1,000 serials per tenant per unit (1)")
+    p.add_argument("--seed", type=int, default=1, help="random seed; same seed, same data (1)")
+    p.add_argument("--at", metavar="ISO-TIME",
+                   help="anchor time of the data (default: now); same seed and --at, same rows")
+    p.add_argument("--reset", action="store_true",
+                   help="delete existing ERP rows in the configured databases first")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+        return status
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,45 @@
+"""The job registry: an explicit tuple, one entry per [jobs.NAME] table.
+
+A job's name is its module, its APScheduler id, its settings table, its log
+key (`job=`) and, unless it shares one, its lease group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    lease_group: str
+    description: str
+    counters: tuple[str, ...]
+
+
+SERIAL_CONSISTENCY = JobSpec(
+    "serial_consistency",
+    "serials",  # shares rows with serial_outbox: never both at once for a tenant
+    "check serial links, formats and orphans; fix what is safe, quarantine the rest",
+    ("tenants", "missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
+     "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined", "errors"),
+)
+SERIAL_OUTBOX = JobSpec(
+    "serial_outbox",
+    "serials",
+    "retry core links queued in serial_link_outbox",
+    ("tenants", "pending_found", "retried", "succeeded", "failed_retry", "marked_dead",
+     "errors"),
+)
+_DASHBOARD_COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
+DASHBOARD_FAST = JobSpec("dashboard_fast", "dashboard_fast",
+                         "refresh the fast dashboard tier", _DASHBOARD_COUNTERS)
+DASHBOARD_MEDIUM = JobSpec("dashboard_medium", "dashboard_medium",
+                           "refresh the medium dashboard tier", _DASHBOARD_COUNTERS)
+DASHBOARD_SLOW = JobSpec("dashboard_slow", "dashboard_slow",
+                         "refresh the slow dashboard tier", _DASHBOARD_COUNTERS)
+
+REGISTRY: tuple[JobSpec, ...] = (
+    SERIAL_CONSISTENCY, SERIAL_OUTBOX, DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW,
+)
+BY_NAME = {spec.name: spec for spec in REGISTRY}
