@@ -23,7 +23,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(config_path(args.config))
+    settings = load_settings(config_path(getattr(args, "config", None)))
     configure_logging(settings.logging, settings.secret_values())
     return settings
 
@@ -63,7 +63,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                      spec.lease_group, f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
     return 0
 
 
@@ -115,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bgworkers", parents=[common],
         description="Background jobs of the Bellavier ERP: serial consistency, serial link "
                     "outbox, dashboard refresh; one daemon for every tenant.")
-    parser.set_defaults(config=None)
     parser.add_argument("--version", action="version", version=f"bgworkers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB",
                    help=f"one of: {', '.join(BY_NAME)}")
     p.add_argument("--tenant", metavar="CODE", help="only this tenant")
-    p.add_argument("--dry-run", action="store_true", help="write nothing, report what would be done")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write nothing, report what would be done")
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     add("jobs", cmd_jobs, "list jobs with trigger, lease group and next fire time")
     add("check-config", cmd_check_config,

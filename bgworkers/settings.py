@@ -35,6 +35,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from bgworkers.cron import cron_trigger
+
 TENANT_CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,50}$")
 DEFAULT_CONFIG = Path("settings.toml")
 ENV_PREFIX = "BGWORKERS_"
@@ -153,10 +155,8 @@ def check_tenant_url(value: str) -> str:
 
 
 def check_cron(value: str) -> str:
-    from apscheduler.triggers.cron import CronTrigger
-
     try:
-        CronTrigger.from_crontab(value, timezone="UTC")
+        cron_trigger(value, "UTC")
     except ValueError as exc:
         raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
     return value
@@ -166,7 +166,9 @@ def check_timezone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Bangkok)") from None
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name like Asia/Bangkok)"
+        ) from None
     return value
 
 
@@ -237,8 +239,8 @@ class TenantsSettings(_Section):
     urls: dict[TenantCode, DbUrl] = Field(default_factory=dict)
 
 
-LIVE_STATUSES = ("ready", "active", "waiting", "paused")
 TokenStatus = Literal["ready", "active", "waiting", "paused", "completed", "scrapped"]
+LIVE_STATUSES: tuple[TokenStatus, ...] = ("ready", "active", "waiting", "paused")
 
 
 class ErpSettings(_Section):

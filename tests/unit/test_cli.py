@@ -1,0 +1,65 @@
+"""The command line: help everywhere, clear errors, exit statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["check-config"], ["db"], ["db", "init"],
+            ["db", "upgrade"], ["db", "check"], ["demo-data"]]
+
+
+def bgworkers(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bgworkers", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "bgworkers")
+def test_help_on_every_command(command: list[str]) -> None:
+    result = bgworkers(*command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: bgworkers")
+
+
+def test_jobs_lists_every_job_with_trigger_and_lease_group() -> None:
+    result = bgworkers("jobs", "--config", str(ROOT / "settings.toml"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["JOB", "ENABLED", "TRIGGER", "LEASE", "GROUP", "NEXT", "RUN",
+                                "(UTC)"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "serial_consistency", "serial_outbox", "dashboard_fast", "dashboard_medium",
+        "dashboard_slow"]
+    assert "every 5m   serials" in lines[2]
+
+
+def test_unknown_job_is_a_usage_error() -> None:
+    result = bgworkers("run-once", "nightly_report")
+    assert result.returncode == 2
+    assert "invalid choice: 'nightly_report'" in result.stderr
+
+
+def test_bad_option_values_are_usage_errors() -> None:
+    result = bgworkers("demo-data", "--tenants", "0")
+    assert result.returncode == 2 and "--tenants: must be 1 or more" in result.stderr
+
+
+def test_missing_settings_file_names_it(tmp_path: Path) -> None:
+    result = bgworkers("jobs", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "settings.toml: file not found"
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before command", "after command"])
+def test_config_option_before_or_after_the_command(tmp_path: Path, before: bool) -> None:
+    path = tmp_path / "other.toml"
+    path.write_text("[logging]\nlevel = 'loud'\n")
+    args = ["--config", str(path), "db", "check"] if before else ["db", "check", "--config",
+                                                                    str(path)]
+    result = bgworkers(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{path}: logging.level:")

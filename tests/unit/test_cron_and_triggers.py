@@ -1,0 +1,77 @@
+"""Cron expressions keep crontab's meaning; interval ticks align to the clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bgworkers.cron import cron_trigger, crontab_weekdays
+from bgworkers.scheduler import describe_trigger, make_trigger, next_fire
+from bgworkers.settings import SchedulerSettings, SerialOutboxSettings
+
+SUNDAY = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)  # a Sunday
+
+
+@pytest.mark.parametrize(("field", "names"), [
+    ("*", "*"),
+    ("0", "sun"),
+    ("7", "sun"),
+    ("1-5", "mon,tue,wed,thu,fri"),
+    ("5-7", "sun,fri,sat"),
+    ("*/2", "sun,tue,thu,sat"),
+    ("1/2", "mon,wed,fri"),
+    ("mon,wed", "mon,wed"),
+    ("SAT", "sat"),
+])
+def test_crontab_weekdays(field: str, names: str) -> None:
+    assert crontab_weekdays(field) == names
+
+
+@pytest.mark.parametrize("field", ["8", "fri-mon", "5-1", "*/0", "x", "mon-"])
+def test_bad_weekdays(field: str) -> None:
+    with pytest.raises(ValueError):
+        crontab_weekdays(field)
+
+
+def test_weekday_zero_is_sunday_as_in_crontab() -> None:
+    fire = cron_trigger("0 9 * * 0", "UTC").get_next_fire_time(None, SUNDAY)
+    assert fire == datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+    fire = cron_trigger("30 2 * * 1-5", "UTC").get_next_fire_time(None, SUNDAY)
+    assert fire == datetime(2026, 11, 23, 2, 30, tzinfo=UTC)  # Monday
+
+
+def test_cron_uses_scheduler_time_zone() -> None:
+    fire = cron_trigger("0 6 * * *", "Asia/Bangkok").get_next_fire_time(None, SUNDAY)
+    assert fire is not None
+    assert fire.astimezone(UTC) == datetime(2026, 11, 22, 23, 0, tzinfo=UTC)
+
+
+def _at(hour: int, minute: int, second: int = 0, micro: int = 0) -> datetime:
+    return datetime(2026, 11, 22, hour, minute, second, micro, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("every", "now", "expected"), [
+    ("5m", _at(10, 3, 12), _at(10, 5)),
+    ("1m", _at(10, 3, 0, 1), _at(10, 4)),
+    ("1h", _at(10, 59), _at(11, 0)),
+    ("15m", _at(10, 15), _at(10, 15)),
+])
+def test_intervals_are_aligned_to_the_wall_clock(every: str, now: datetime,
+                                                 expected: datetime) -> None:
+    job = SerialOutboxSettings(every=every)  # type: ignore[arg-type]
+    assert next_fire(job, SchedulerSettings(), now) == expected
+
+
+def test_jitter_stays_within_bounds() -> None:
+    job = SerialOutboxSettings(every="5m", jitter="20s")  # type: ignore[arg-type]
+    trigger = make_trigger(job, SchedulerSettings())
+    base = datetime(2026, 11, 22, 10, 5, tzinfo=UTC)
+    fires = {trigger.get_next_fire_time(None, base - timedelta(seconds=1)) for _ in range(50)}
+    assert all(base <= f <= base + timedelta(seconds=20) for f in fires)
+    assert len(fires) > 1
+
+
+def test_describe_trigger() -> None:
+    assert describe_trigger(SerialOutboxSettings()) == "every 5m"
+    assert describe_trigger(SerialOutboxSettings(cron="*/5 * * * *")) == "cron '*/5 * * * *'"
