@@ -1,0 +1,82 @@
+# bgworkers: build, check and test.
+#
+#   make test    the whole suite on a fresh Debian machine (as root): system
+#                packages, .venv, ruff, mypy, pytest under coverage
+#   make venv    just .venv with the package and its test extras (editable)
+#   make demo    demo data, a database check, then the daemon in the foreground
+#   make lint    ruff (lint + format check) and mypy
+#   make format  apply ruff's formatting and safe fixes
+#   make clean   caches, coverage data, build output, demo data (distclean: also .venv)
+#
+# Knobs: PYTHON (interpreter for the venv, default python3.11 else python3),
+#        PYTEST_ARGS (e.g. make test PYTEST_ARGS='-m "not mariadb" -x').
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.NOTPARALLEL:
+.DEFAULT_GOAL := test
+
+# Recursively expanded on purpose: evaluated when used, i.e. after the system
+# packages (which may bring python3) are installed.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null || echo python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bgworkers-installed
+LINT_PATHS := bgworkers tests bench
+PYTEST_ARGS ?=
+
+.PHONY: test venv system-deps demo lint format clean distclean
+
+test: system-deps venv
+	@status=0; \
+	echo "== ruff check $(LINT_PATHS)"; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	echo "== mypy"; \
+	$(BIN)/mypy || status=1; \
+	echo "== pytest (under coverage)"; \
+	$(BIN)/coverage erase; \
+	$(BIN)/coverage run --branch --source=bgworkers -m pytest $(PYTEST_ARGS) || status=1; \
+	echo "== coverage"; \
+	$(BIN)/coverage report --skip-empty || true; \
+	if [ $$status -eq 0 ]; then echo "make test: OK"; else echo "make test: FAILED (see above)"; fi; \
+	exit $$status
+
+system-deps:
+	@bash tests/harness/install-system-deps.sh
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	@py="$(PYTHON)"; \
+	"$$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+	  || echo "warning: $$py is not Python 3.11 (pyproject requires >=3.11,<3.12)" >&2; \
+	echo "creating $(VENV) with $$py"; \
+	"$$py" -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+demo: venv
+	$(BIN)/bgworkers demo-data --reset
+	$(BIN)/bgworkers db check
+	$(BIN)/bgworkers run
+
+lint: venv
+	@status=0; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
+
+format: venv
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov \
+	       build dist *.egg-info demo-data
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
