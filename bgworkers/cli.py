@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from bgworkers import __version__, dbadmin
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
-from bgworkers.scheduler import describe_trigger, next_fire
+from bgworkers.scheduler import SECTIONS, describe_trigger, next_fire, plans, reconcile
 from bgworkers.settings import Settings, SettingsError, config_path, load_settings
 from bgworkers.tenancy import Databases
 
@@ -37,12 +37,42 @@ def _with_databases(args: argparse.Namespace, work: Callable[[Settings, Database
         dbs.dispose()
 
 
-def _not_built(what: str) -> Command:
-    def command(args: argparse.Namespace) -> int:
-        _settings(args)
-        print(f"bgworkers {args.command}: {what} is not built yet", file=sys.stderr)
+def cmd_run(args: argparse.Namespace) -> int:
+    from bgworkers.daemon import Daemon
+
+    settings = _settings(args)
+    return Daemon(config_path(getattr(args, "config", None)), settings).run()
+
+
+def cmd_run_once(args: argparse.Namespace) -> int:
+    from bgworkers.runner import Runner
+
+    settings = _settings(args)
+    spec = BY_NAME[args.job]
+    if spec.run is None:
+        print(f"bgworkers run-once: job {spec.name} is not part of this build", file=sys.stderr)
         return 2
-    return command
+    runner = Runner(settings)
+    runner.leases.start()
+    try:
+        result = runner.tick(spec.name, runner.clock.now(), only=args.tenant,
+                             dry_run=args.dry_run)
+    finally:
+        runner.close()
+    if args.json:
+        print(json.dumps(result.as_json(spec.counters)))
+    else:
+        print(f"{spec.name}{' (dry run)' if args.dry_run else ''}: "
+              f"{len(result.tenants)} tenants")
+        for code, tenant in result.tenants.items():
+            counters = " ".join(f"{k}={v}" for k, v in tenant.counters.items())
+            reason = (tenant.error or "").strip().splitlines()[-1:] if tenant.status != "ok" else []
+            print(f"  {code:<20} {tenant.status:<8} {counters}{' '.join(['', *reason])}")
+        total = result.total(spec.counters)
+        print("  total: " + " ".join(f"{k}={v}" for k, v in total.items()))
+    if result.error:
+        print(f"bgworkers run-once: {result.error}", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -58,14 +88,38 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     rows = [("JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)")]
     for spec in REGISTRY:
         job = settings.jobs.get(spec.name)
-        fire = next_fire(job, settings.scheduler, now) if job.enabled else None
-        rows.append((spec.name, "yes" if job.enabled else "no", describe_trigger(job),
-                     spec.lease_group, f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-"))
+        scheduled = job.enabled and spec.run is not None
+        fire = next_fire(job, settings.scheduler, now) if scheduled else None
+        enabled = "yes" if scheduled else "no" if spec.run is not None else "not built"
+        rows.append((spec.name, enabled, describe_trigger(job), spec.lease_group,
+                     f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+    _reload_preview(settings)
     return 0
+
+
+def _reload_preview(other: Settings) -> None:
+    """With --config OTHER: what a reload from the default settings file to OTHER changes."""
+    current_path = config_path(None)
+    if other.source == str(current_path) or not current_path.exists():
+        return
+    try:
+        current = load_settings(current_path)
+    except SettingsError as exc:
+        print(f"\n(no reload preview: {exc})")
+        return
+    changes = reconcile(plans(current), plans(other))
+    sections = [s for s in SECTIONS if getattr(current, s) != getattr(other, s)]
+    print(f"\nA reload from {current_path} to {other.source} would:")
+    for verb, names in changes.describe().items():
+        print(f"  {verb}: {', '.join(names)}")
+    if sections:
+        print(f"  apply changed settings: {', '.join(sections)}")
+    if not changes and not sections:
+        print("  change nothing")
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
@@ -126,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("run", _not_built("the scheduler daemon"),
+    add("run", cmd_run,
         "run the daemon: schedule every enabled job for every tenant (systemd Type=notify)")
-    p = add("run-once", _not_built("the job runner"),
+    p = add("run-once", cmd_run_once,
             "run one tick of one job now, through the same runner as the daemon")
     p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB",
                    help=f"one of: {', '.join(BY_NAME)}")

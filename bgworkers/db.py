@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import ColumnElement, Engine, create_engine, event, literal_column, text
 from sqlalchemy.engine import URL
 
+from bgworkers.schema.types import PreciseDateTime
 from bgworkers.settings import DatabaseSettings
 
 
@@ -70,3 +72,18 @@ def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
             return True
     finally:
         server.dispose()
+
+
+def db_now(engine: Engine, plus_seconds: float = 0.0) -> ColumnElement[datetime]:
+    """The database server's UTC clock (plus an offset) as a SQL expression.
+
+    Leases compare times written by different hosts, so they use one clock: the
+    database's. Microsecond precision on both dialects, in the text form that
+    SQLAlchemy stores DATETIME in on SQLite.
+    """
+    micros = int(round(plus_seconds * 1_000_000))
+    if engine.dialect.name == "sqlite":
+        sql = f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{micros / 1_000_000:+f} seconds') || '000')"
+    else:
+        sql = f"TIMESTAMPADD(MICROSECOND, {micros}, UTC_TIMESTAMP(6))"
+    return literal_column(sql, type_=PreciseDateTime)

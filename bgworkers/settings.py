@@ -291,6 +291,8 @@ class JobSettings(_Section):
 
 class SerialConsistencySettings(JobSettings):
     default_every = timedelta(hours=1)
+    salt_key_re: ClassVar[re.Pattern[str]] = re.compile(r"(hatthasilpa|oem|classic):[0-9]{1,9}")
+    salt_value_re: ClassVar[re.Pattern[str]] = re.compile(r"[0-9a-fA-F]{64}")
 
     dry_run: bool = False
     orphan_after: PositiveDuration = timedelta(days=7)
@@ -303,6 +305,58 @@ class SerialConsistencySettings(JobSettings):
             r"^LOT-",
         ]
     )
+    #: Hash salts by "<production_type>:<hash_salt_version>"; empty = no hash check.
+    salts: dict[str, SecretStr] = Field(default_factory=dict)
+    #: systemd credential read when `salts` is empty: lines "hatthasilpa:1=<64 hex>".
+    salts_credential: str = "serial_salts"
+
+    @field_validator("salts")
+    @classmethod
+    def _check_salts(cls, salts: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key, value in salts.items():
+            cls._check_salt(key, value.get_secret_value(), f"salt {key!r}")
+        return salts
+
+    @classmethod
+    def _check_salt(cls, key: str, value: str, where: str) -> None:
+        if not cls.salt_key_re.fullmatch(key):
+            raise ValueError(f"{where}: key must be <production_type>:<version> with a type "
+                             "of hatthasilpa, oem, classic (e.g. hatthasilpa:1)")
+        if not cls.salt_value_re.fullmatch(value):
+            raise ValueError(f"{where}: the salt must be 64 hexadecimal digits")
+
+    @model_validator(mode="after")
+    def _salts_from_credential(self) -> SerialConsistencySettings:
+        """`salts` from the environment or TOML, else $CREDENTIALS_DIRECTORY/<salts_credential>."""
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if self.salts or not creds or not (Path(creds) / self.salts_credential).is_file():
+            return self
+        path = Path(creds) / self.salts_credential
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"salts_credential: cannot read {str(path)!r}: "
+                             f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+        salts: dict[str, SecretStr] = {}
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            key, sep, value = (part.strip() for part in text.partition("="))
+            where = f"salts_credential: {str(path)!r} line {number}"
+            if not sep:
+                raise ValueError(f"{where}: expected <production_type>:<version>=<64 hex>")
+            self._check_salt(key, value, where)
+            if key in salts:
+                raise ValueError(f"{where}: {key} is given twice")
+            salts[key] = SecretStr(value)
+        object.__setattr__(self, "salts", salts)
+        return self
+
+    def salt(self, production_type: str, version: int) -> str | None:
+        """The salt for a registry row's production type and salt version, if configured."""
+        secret = self.salts.get(f"{production_type}:{version}")
+        return secret.get_secret_value() if secret is not None else None
 
 
 class SerialOutboxSettings(JobSettings):
@@ -349,12 +403,20 @@ class DashboardSlowSettings(DashboardTierSettings):
     tables: list[str] = Field(default_factory=lambda: ["mv_dashboard_trends"])
 
 
+class HeartbeatSettings(JobSettings):
+    default_every = timedelta(minutes=1)
+
+    enabled: bool = False
+    hold: Duration = timedelta(0)
+
+
 class JobsSettings(_Section):
     serial_consistency: SerialConsistencySettings = Field(default_factory=SerialConsistencySettings)
     serial_outbox: SerialOutboxSettings = Field(default_factory=SerialOutboxSettings)
     dashboard_fast: DashboardFastSettings = Field(default_factory=DashboardFastSettings)
     dashboard_medium: DashboardMediumSettings = Field(default_factory=DashboardMediumSettings)
     dashboard_slow: DashboardSlowSettings = Field(default_factory=DashboardSlowSettings)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
 
     @model_validator(mode="after")
     def _tables_in_one_tier(self) -> JobsSettings:
@@ -415,6 +477,8 @@ class Settings(BaseSettings):
         values = []
         if self.database.password is not None:
             values.append(self.database.password.get_secret_value())
+        values.extend(salt.get_secret_value()
+                      for salt in self.jobs.serial_consistency.salts.values())
         for raw in (self.database.core_url, self.database.coordination_url,
                     *self.tenants.urls.values()):
             if raw and (password := make_url(raw).password):

@@ -6,16 +6,8 @@ key (`job=`) and, unless it shares one, its lease group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    name: str
-    lease_group: str
-    description: str
-    counters: tuple[str, ...]
-
+from bgworkers.jobs import heartbeat
+from bgworkers.jobs.base import JobSpec
 
 SERIAL_CONSISTENCY = JobSpec(
     "serial_consistency",
@@ -38,8 +30,10 @@ DASHBOARD_MEDIUM = JobSpec("dashboard_medium", "dashboard_medium",
                            "refresh the medium dashboard tier", _DASHBOARD_COUNTERS)
 DASHBOARD_SLOW = JobSpec("dashboard_slow", "dashboard_slow",
                          "refresh the slow dashboard tier", _DASHBOARD_COUNTERS)
+HEARTBEAT = JobSpec("heartbeat", "heartbeat", "check that every tenant database answers",
+                    heartbeat.COUNTERS, heartbeat.run)
 
 REGISTRY: tuple[JobSpec, ...] = (
-    SERIAL_CONSISTENCY, SERIAL_OUTBOX, DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW,
+    SERIAL_CONSISTENCY, SERIAL_OUTBOX, DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW, HEARTBEAT,
 )
 BY_NAME = {spec.name: spec for spec in REGISTRY}

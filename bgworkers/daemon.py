@@ -1,0 +1,161 @@
+"""The daemon: main loop, signals, sd_notify, watchdog, reload.
+
+Signal handlers only put the signal on a queue; the main thread acts on it.
+SIGTERM/SIGINT: stop scheduling, let running tenant runs finish within
+shutdown_grace, exit 0 (a second signal: exit 1 at once). SIGHUP: re-read and
+validate the settings; apply them in place only if valid.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bgworkers import history
+from bgworkers.clock import Clock, SystemClock
+from bgworkers.logs import configure_logging, get_logger
+from bgworkers.notify import notify, watchdog_interval
+from bgworkers.runner import Runner
+from bgworkers.scheduler import SECTIONS, Scheduler, tick_identity
+from bgworkers.settings import Settings, SettingsError, load_settings
+
+log = get_logger("bgworkers.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Path, settings: Settings, clock: Clock | None = None) -> None:
+        self.config = config
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.runner = Runner(settings, self.clock)
+        self.scheduler = Scheduler(self._tick, self._missed, self.clock)
+        self.scheduler.aps.add_executor(ThreadPoolExecutor(1), "internal")
+        self.reload_error: str | None = None
+        self.last_tick = "no tick yet"
+
+    # -------------------------------------------------------------- scheduled work
+
+    def _tick(self, job: str, run_time: datetime) -> None:
+        settings = self.settings
+        tick_at = tick_identity(settings.jobs.get(job), settings.scheduler, run_time)
+        result = self.runner.tick(job, tick_at)
+        states = [r.status for r in result.tenants.values()]
+        self.last_tick = (f"{job} at {tick_at:%H:%M:%S}: {states.count('ok')} ok, "
+                          f"{states.count('failed')} failed, {states.count('skipped')} skipped")
+        notify(f"STATUS={self.status()}")
+
+    def _missed(self, job: str, run_time: datetime, reason: str) -> None:
+        settings = self.settings
+        self.runner.record_missed(
+            job, tick_identity(settings.jobs.get(job), settings.scheduler, run_time), reason)
+
+    def _housekeeping(self) -> None:
+        cutoff = history.retention_cutoff(self.clock.now(),
+                                          self.settings.scheduler.history_retention)
+        try:
+            deleted = history.prune(self.runner.dbs.coordination, cutoff)
+        except Exception as exc:
+            log.warning("history_prune_failed", error=str(exc).splitlines()[0])
+            return
+        if deleted:
+            log.info("history_pruned", rows=deleted, older_than=cutoff.isoformat())
+
+    # -------------------------------------------------------------- lifecycle
+
+    def status(self) -> str:
+        jobs = len(self.scheduler.held)
+        text = f"{jobs} jobs scheduled; last: {self.last_tick}"
+        if self.runner.last_error:
+            text += f"; last error: {self.runner.last_error}"
+        if self.reload_error:
+            text = (f"reload failed, running on previous settings: "
+                    f"{self.reload_error.splitlines()[0]}; {text}")
+        return text[:500]
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
+
+    def run(self) -> int:
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(handled, self._on_signal)
+        started = time.monotonic()
+        self.runner.leases.start()
+        self.scheduler.apply(self.settings)
+        self.scheduler.aps.add_job(self._housekeeping, IntervalTrigger(hours=1), id="_housekeeping",
+                                   executor="internal", next_run_time=self.clock.now())
+        self.scheduler.aps.start()
+        log.info("daemon_started", pid=os.getpid(), config=str(self.config),
+                 ms=int((time.monotonic() - started) * 1000), jobs=self._next_runs())
+        notify("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
+        ping = watchdog_interval()
+        while True:
+            try:
+                signum: int | None = self.signals.get(timeout=min(ping or 1.0, 1.0))
+            except queue.Empty:
+                signum = None
+            if signum == signal.SIGHUP:
+                self.reload()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                return self.stop()
+            if ping and self.scheduler.healthy():
+                notify("WATCHDOG=1")
+
+    def _next_runs(self) -> dict[str, str]:
+        return {name: f"{fire:%Y-%m-%d %H:%M:%S%z}" if fire else "paused"
+                for name, fire in self.scheduler.next_fire_times().items()
+                if not name.startswith("_")}
+
+    def reload(self) -> None:
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = load_settings(self.config)
+        except SettingsError as exc:
+            self.reload_error = str(exc)
+            log.error("reload_failed", error=str(exc), kept="previous settings")
+            notify("READY=1", f"STATUS={self.status()}")
+            return
+        old = self.settings
+        configure_logging(new.logging, new.secret_values())
+        changes = self.scheduler.apply(new)
+        self.runner.update(new)
+        self.settings, self.reload_error = new, None
+        log.info("reload_applied", **changes.describe(),
+                 settings_changed=[s for s in SECTIONS if getattr(old, s) != getattr(new, s)],
+                 jobs=self._next_runs())
+        notify("READY=1", f"STATUS={self.status()}")
+
+    def stop(self) -> int:
+        grace = self.settings.scheduler.shutdown_grace.total_seconds()
+        running = self.runner.inflight()
+        notify("STOPPING=1", f"STATUS=stopping: {running} tenant runs to finish")
+        log.info("daemon_stopping", running=running, grace_s=grace)
+        self.scheduler.aps.shutdown(wait=False)
+
+        def second_signal() -> None:
+            try:
+                signum = self.signals.get_nowait()
+            except queue.Empty:
+                return
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.warning("daemon_forced_exit", running=self.runner.inflight())
+                sys.stderr.flush()
+                os._exit(1)
+
+        clean = self.runner.drain(grace, poll=second_signal)
+        if not clean:
+            log.error("shutdown_grace_exceeded", running=self.runner.inflight(), grace_s=grace)
+            sys.stderr.flush()
+            os._exit(1)  # tenant threads still run: their leases expire after the TTL
+        self.runner.close()
+        log.info("daemon_stopped")
+        return 0

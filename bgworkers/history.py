@@ -1,0 +1,82 @@
+"""Run history in `bgw_run`: one row per (job, tenant, tick).
+
+The row's unique (job, tenant, tick_at) key is the claim that makes a tick run
+at most once per tenant however many replicas fire it: whoever inserts first
+runs it. Start and end times are on the database clock, like leases, so runs
+recorded by different hosts compare.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bgworkers.db import db_now
+from bgworkers.schema.own import run as run_table
+
+RUNNING, OK, FAILED, SKIPPED, MISSED = "running", "ok", "failed", "skipped", "missed"
+
+
+def claim(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str, host: str,
+          pid: int) -> bool:
+    """Insert the running row; False when another run already has this tick."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(run_table).values(
+                job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
+                started_at=db_now(engine), status=RUNNING))
+    except IntegrityError:
+        return False
+    return True
+
+
+def finish(engine: Engine, run_id: str, status: str, counters: Mapping[str, int] | None = None,
+           error: str | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(run_table).where(run_table.c.run_id == run_id).values(
+            status=status, ended_at=db_now(engine),
+            counters=json.dumps(dict(counters)) if counters is not None else None,
+            error=error[:65000] if error else None))
+
+
+def record_missed(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str,
+                  host: str, pid: int, reason: str) -> bool:
+    """A tick this replica did not run; a no-op when another replica ran it."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(run_table).values(
+                job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
+                started_at=db_now(engine), ended_at=db_now(engine), status=MISSED,
+                error=reason))
+    except IntegrityError:
+        return False
+    return True
+
+
+def mark_abandoned(engine: Engine, run_id: str, by_holder: str) -> int:
+    """The run whose lease expired (its process died or lost the network) did not finish."""
+    with engine.begin() as conn:
+        return conn.execute(update(run_table).where(
+            run_table.c.run_id == run_id, run_table.c.status == RUNNING).values(
+            status=FAILED, ended_at=db_now(engine),
+            error=f"abandoned: lease expired, taken over by {by_holder}")).rowcount
+
+
+def prune(engine: Engine, older_than: datetime, batch: int = 5000) -> int:
+    """Delete history older than `older_than` (naive UTC) in bounded batches."""
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids: list[int] = list(conn.execute(select(run_table.c.id).where(
+                run_table.c.started_at < older_than).limit(batch)).scalars())
+            if not ids:
+                return total
+            total += conn.execute(delete(run_table).where(run_table.c.id.in_(ids))).rowcount
+
+
+def retention_cutoff(now: datetime, retention: timedelta) -> datetime:
+    return (now - retention).replace(tzinfo=None)

@@ -1,0 +1,94 @@
+"""What a job is: a spec (data) and `run(ctx) -> counters` for one tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import Engine
+from structlog.typing import FilteringBoundLogger
+
+from bgworkers.clock import Clock
+from bgworkers.settings import JobSettings, Settings
+from bgworkers.tenancy import Databases, Tenant
+
+Counters = dict[str, int]
+
+
+class LeaseLost(Exception):
+    """The run's lease expired or was taken over: stop before the next write."""
+
+
+class Guard(Protocol):
+    def check(self) -> None:
+        """Raise LeaseLost if the lease of this run is no longer held."""
+
+
+class NoGuard:
+    """For direct calls outside the runner (tests, benchmarks): nothing to lose."""
+
+    def check(self) -> None:
+        return None
+
+
+def _info(_: Mapping[str, int]) -> str:
+    return "info"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    lease_group: str
+    description: str
+    counters: tuple[str, ...]
+    #: None while the job is not part of this build: it is listed but never scheduled
+    run: Callable[[JobContext], Counters] | None = None
+    #: log level of a tenant's result event and of the run summary, from the counters
+    level: Callable[[Mapping[str, int]], str] = field(default=_info)
+
+
+@dataclass
+class JobContext:
+    """Everything one (job, tenant) run may use; time comes from `now`, never the system."""
+
+    job: str
+    tenant: Tenant
+    settings: Settings
+    dbs: Databases
+    clock: Clock
+    log: FilteringBoundLogger
+    dry_run: bool = False
+    guard: Guard = field(default_factory=NoGuard)
+
+    @property
+    def job_settings(self) -> JobSettings:
+        return self.settings.jobs.get(self.job)
+
+    @property
+    def now(self) -> datetime:
+        """Aware UTC."""
+        return self.clock.now()
+
+    @property
+    def erp_now(self) -> datetime:
+        """Naive local time of the ERP, as its non-serial tables store it."""
+        return self.now.astimezone(self.settings.erp.tz).replace(tzinfo=None)
+
+    @property
+    def utc_now(self) -> datetime:
+        """Naive UTC, as the serial tables store it."""
+        return self.now.astimezone(UTC).replace(tzinfo=None)
+
+    @property
+    def core(self) -> Engine:
+        return self.dbs.core
+
+    @property
+    def db(self) -> Engine:
+        """This tenant's database."""
+        return self.dbs.tenant(self.tenant.code)
+
+    def check_lease(self) -> None:
+        self.guard.check()

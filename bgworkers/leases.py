@@ -1,0 +1,137 @@
+"""Leases: a (lease group, tenant) is held by at most one run, across threads, processes, hosts.
+
+A lease is a row of `bgw_lease` whose `expires_at` is on the database clock.
+Taking one is a single INSERT (free) or a single guarded UPDATE (expired);
+both are atomic, so two contenders cannot both win. The holder renews every
+third of the TTL from a background thread; a run whose renewal failed, or
+that has not renewed for a whole TTL, has lost its lease and must stop before
+its next write (`Lease.check`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from bgworkers.db import db_now
+from bgworkers.jobs.base import LeaseLost
+from bgworkers.logs import get_logger
+from bgworkers.schema.own import lease as lease_table
+
+log = get_logger("bgworkers.leases")
+
+
+@dataclass
+class Lease:
+    group: str
+    tenant: str
+    token: str
+    ttl: float
+    renewed: float = field(default_factory=time.monotonic)  # monotonic time of last renewal
+    lost: threading.Event = field(default_factory=threading.Event)
+    previous: str | None = None  # token of the expired holder this lease took over from
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"lease {self.group}/{self.tenant} was taken over or expired")
+        if time.monotonic() - self.renewed >= self.ttl:
+            raise LeaseLost(f"lease {self.group}/{self.tenant} not renewed for {self.ttl:g}s")
+
+
+class Leases:
+    """Acquire, renew (in the background) and release leases in the coordination DB."""
+
+    def __init__(self, engine: Callable[[], Engine], holder: str, ttl: float) -> None:
+        self._engine = engine
+        self.holder = holder
+        self.ttl = ttl
+        self._held: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _where(self, lease: Lease) -> object:
+        t = lease_table.c
+        return and_(t.lease_group == lease.group, t.tenant == lease.tenant, t.token == lease.token)
+
+    def acquire(self, group: str, tenant: str, token: str) -> Lease | None:
+        """The lease, or None when another run holds it."""
+        engine = self._engine()
+        t = lease_table.c
+        values = {"holder": self.holder, "token": token, "acquired_at": db_now(engine),
+                  "expires_at": db_now(engine, self.ttl)}
+        lease = Lease(group, tenant, token, self.ttl)
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(lease_table).values(lease_group=group, tenant=tenant,
+                                                        **values))
+        except IntegrityError:
+            with engine.begin() as conn:
+                old = conn.execute(select(t.token, t.holder).where(
+                    t.lease_group == group, t.tenant == tenant,
+                    t.expires_at < db_now(engine))).first()
+                if old is None:
+                    return None
+                taken = conn.execute(update(lease_table).where(
+                    t.lease_group == group, t.tenant == tenant, t.token == old.token,
+                    t.expires_at < db_now(engine)).values(**values)).rowcount
+            if taken != 1:
+                return None
+            lease.previous = old.token
+            log.warning("lease_taken_over", lease_group=group, tenant=tenant,
+                        previous_holder=old.holder)
+        with self._lock:
+            self._held[token] = lease
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.pop(lease.token, None)
+        try:
+            with self._engine().begin() as conn:
+                conn.execute(delete(lease_table).where(self._where(lease)))  # type: ignore[arg-type]
+        except SQLAlchemyError as exc:  # it expires by itself after the TTL
+            log.warning("lease_release_failed", lease_group=lease.group, tenant=lease.tenant,
+                        error=str(exc).splitlines()[0])
+
+    def renew_all(self) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        if not held:
+            return
+        engine = self._engine()
+        for lease in held:
+            started = time.monotonic()
+            try:
+                with engine.begin() as conn:
+                    renewed = conn.execute(update(lease_table).where(
+                        self._where(lease)).values(  # type: ignore[arg-type]
+                        expires_at=db_now(engine, self.ttl))).rowcount
+            except SQLAlchemyError as exc:
+                log.warning("lease_renew_failed", lease_group=lease.group, tenant=lease.tenant,
+                            error=str(exc).splitlines()[0])
+                continue  # Lease.check() fails once a whole TTL passed without renewal
+            if renewed == 1:
+                lease.renewed = started
+            else:
+                lease.lost.set()
+                log.error("lease_lost", lease_group=lease.group, tenant=lease.tenant)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            self.renew_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
