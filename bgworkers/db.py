@@ -20,8 +20,6 @@ def is_sqlite(url: URL) -> bool:
 def make_engine(url: URL, settings: DatabaseSettings) -> Engine:
     """One engine per database: pre-pinged pool, timeouts from settings."""
     if is_sqlite(url):
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
             connect_args={"timeout": settings.connect_timeout.total_seconds()},
@@ -51,11 +49,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
-    """Create the database named in a MySQL URL if missing (SQLite files appear by themselves).
+    """Create the database named in the URL if missing (for SQLite: its directory).
 
-    Returns True when it was created.
+    Returns True when a MySQL database was created.
     """
-    if is_sqlite(url) or not url.database:
+    if is_sqlite(url):
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        return False
+    if not url.database:
         return False
     server = make_engine(url.set(database=""), settings)
     try:
@@ -81,7 +83,7 @@ def db_now(engine: Engine, plus_seconds: float = 0.0) -> ColumnElement[datetime]
     database's. Microsecond precision on both dialects, in the text form that
     SQLAlchemy stores DATETIME in on SQLite.
     """
-    micros = int(round(plus_seconds * 1_000_000))
+    micros = round(plus_seconds * 1_000_000)
     if engine.dialect.name == "sqlite":
         sql = f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{micros / 1_000_000:+f} seconds') || '000')"
     else:

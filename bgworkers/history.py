@@ -34,6 +34,13 @@ def claim(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str,
     return True
 
 
+def started(engine: Engine, run_id: str) -> None:
+    """Stamp the start once the lease is held, so the recorded interval lies inside it."""
+    with engine.begin() as conn:
+        conn.execute(update(run_table).where(run_table.c.run_id == run_id).values(
+            started_at=db_now(engine)))
+
+
 def finish(engine: Engine, run_id: str, status: str, counters: Mapping[str, int] | None = None,
            error: str | None = None) -> None:
     with engine.begin() as conn:

@@ -157,20 +157,25 @@ class Runner:
         run_id = str(uuid.uuid4())
         with log_context(job=spec.name, tenant=tenant.code, run_id=run_id):
             tenant_log = get_logger("bgworkers.job")
-            started = self._start(spec, tenant.code, tick_at, run_id, dbs, tenant_log)
-            if isinstance(started, TenantResult):
-                return started
+            lease = self._start(spec, tenant.code, tick_at, run_id, dbs, tenant_log)
+            if isinstance(lease, TenantResult):
+                return lease
             dry_run = dry_run or bool(getattr(settings.jobs.get(spec.name), "dry_run", False))
             ctx = JobContext(job=spec.name, tenant=tenant, settings=settings, dbs=dbs,
-                             clock=self.clock, log=tenant_log, dry_run=dry_run, guard=started)
-            result = self._execute(spec, ctx, started)
-            self._finish(dbs.coordination, run_id, result.status, result.counters, result.error)
+                             clock=self.clock, log=tenant_log, dry_run=dry_run, guard=lease)
+            try:
+                result = self._execute(spec, ctx)
+                self._finish(dbs.coordination, run_id, result.status, result.counters,
+                             result.error)
+            finally:  # after the history row is closed: its interval lies inside the lease
+                self.leases.release(lease)
             return result
 
     def _start(self, spec: JobSpec, tenant: str, tick_at: datetime, run_id: str,
                dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
         """Claim the tick and take the lease; a TenantResult when the run must not go on."""
         coordination = dbs.coordination
+        lease = None
         try:
             if not history.claim(coordination, spec.name, tenant,
                                  tick_at.astimezone(UTC).replace(tzinfo=None), run_id,
@@ -184,14 +189,17 @@ class Runner:
                 return TenantResult("skipped", error="lease held by another run")
             if lease.previous is not None:
                 history.mark_abandoned(coordination, lease.previous, self.leases.holder)
+            history.started(coordination, run_id)
         except SQLAlchemyError as exc:
+            if lease is not None:
+                self.leases.release(lease)
             error = f"coordination database: {_short(exc)}"
             tenant_log.error("run_not_started", error=error)
             self.last_error = error
             return TenantResult("failed", error=error)
         return lease
 
-    def _execute(self, spec: JobSpec, ctx: JobContext, lease: Lease) -> TenantResult:
+    def _execute(self, spec: JobSpec, ctx: JobContext) -> TenantResult:
         """Run the job for one tenant; its exception is logged and recorded, never raised."""
         started = time.monotonic()
         try:
@@ -204,8 +212,6 @@ class Runner:
             result = TenantResult("failed", error=traceback.format_exc())
             ctx.log.exception("run_failed", error=_short(exc))
             self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
-        finally:
-            self.leases.release(lease)
         if result.status == "ok":
             ctx.log.log(_LEVELS[spec.level(result.counters)], "job_tenant_result",
                         status=result.status, ms=int((time.monotonic() - started) * 1000),

@@ -1,0 +1,125 @@
+"""`bgworkers run` as a real process: sd_notify, watchdog, reload, stop, signals."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_helpers import NotifyListener, daemon, events, heartbeat_settings, runs, tenant_setup
+from helpers import DbUrls
+
+
+@pytest.fixture
+def urls(tmp_path: Path) -> DbUrls:
+    return DbUrls("sqlite", f"sqlite:///{tmp_path}/core.db",
+                  f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db")
+
+
+@pytest.fixture
+def listener() -> Iterator[NotifyListener]:
+    notify = NotifyListener()
+    yield notify
+    notify.close()
+
+
+def wait_until(condition: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_lifecycle_ready_watchdog_reload_stop(urls: DbUrls, tmp_path: Path,
+                                              listener: NotifyListener) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s")
+    tenant_setup(urls, config, ["DEFAULT", "maison_atelier"])
+    log = tmp_path / "daemon.log"
+    env = {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "2000000"}
+    with daemon(config, env, log) as proc:
+        ready = listener.wait_for("READY")
+        assert ready["MAINPID"] == str(proc.pid)
+        assert "1 jobs scheduled" in ready["STATUS"]
+        listener.wait_for("WATCHDOG")
+        wait_until(lambda: len(events(log, "job_tenant_result")) >= 4)
+        assert {e["tenant"] for e in events(log, "job_tenant_result")} == {
+            "DEFAULT", "maison_atelier"}
+
+        # a valid reload reschedules in place
+        heartbeat_settings(config, urls, every="7s")
+        proc.send_signal(signal.SIGHUP)
+        listener.wait_for("RELOADING")
+        listener.wait_for("READY")
+        wait_until(lambda: events(log, "reload_applied"))
+        applied = events(log, "reload_applied")[0]
+        assert applied["reschedule"] == ["heartbeat"]
+        fire = datetime.strptime(applied["jobs"]["heartbeat"], "%Y-%m-%d %H:%M:%S%z")
+        assert fire.timestamp() % 7 == 0  # aligned to the epoch, like every replica's
+        assert 0 < fire.timestamp() - time.time() <= 7
+
+        # an invalid one keeps the old schedule and says why
+        config.write_text(config.read_text().replace('every = "7s"', 'every = "7 parsecs"'))
+        proc.send_signal(signal.SIGHUP)
+        listener.wait_for("RELOADING")
+        status = listener.wait_for("READY")["STATUS"]
+        assert status.startswith("reload failed, running on previous settings: ")
+        assert "jobs.heartbeat.every: invalid duration '7 parsecs'" in status
+        failed = events(log, "reload_failed")
+        assert failed and failed[0]["level"] == "error"
+        before = len(events(log, "job_tenant_result"))
+        wait_until(lambda: len(events(log, "job_tenant_result")) >= before + 2, timeout=20)
+        assert proc.poll() is None
+
+        proc.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING")
+        assert proc.wait(15) == 0
+    assert events(log, "daemon_stopped")
+    assert {row.status for row in runs(urls.core_url)} == {"ok"}
+
+
+def test_stop_waits_for_running_tenant_runs(urls: DbUrls, tmp_path: Path,
+                                            listener: NotifyListener) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="3s")
+    tenant_setup(urls, config, ["DEFAULT"])
+    with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:
+        listener.wait_for("READY")
+        wait_until(lambda: any(r.status == "running" for r in runs(urls.core_url)))
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        waited = time.monotonic() - stopped_at
+    assert 0.5 < waited < 10
+    history = runs(urls.core_url)
+    assert history[0].status == "ok" and history[0].ended_at is not None
+    assert all(r.status != "running" for r in history)
+
+
+def test_second_signal_exits_at_once(urls: DbUrls, tmp_path: Path,
+                                     listener: NotifyListener) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="60s")
+    tenant_setup(urls, config, ["DEFAULT"])
+    log = tmp_path / "d.log"
+    with daemon(config, {"NOTIFY_SOCKET": listener.path}, log) as proc:
+        listener.wait_for("READY")
+        wait_until(lambda: any(r.status == "running" for r in runs(urls.core_url)))
+        proc.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING")
+        time.sleep(0.5)
+        assert proc.poll() is None  # still draining
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 1
+        assert time.monotonic() - started < 3
+    assert events(log, "daemon_forced_exit")
+
+
+def test_bad_settings_at_start_exit_2(tmp_path: Path, urls: DbUrls) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="0s")
+    with daemon(config, {}, tmp_path / "d.log") as proc:
+        assert proc.wait(30) == 2
+    assert "jobs.heartbeat.every: must be longer than 0" in (tmp_path / "d.log").read_text()

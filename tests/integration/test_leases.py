@@ -1,0 +1,93 @@
+"""Leases on SQLite and MariaDB: exclusive, expiring, renewed, lost, taken over."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import DbUrls, write_settings
+
+from bgworkers import dbadmin
+from bgworkers.jobs.base import LeaseLost
+from bgworkers.leases import Leases
+from bgworkers.settings import load_settings
+from bgworkers.tenancy import Databases
+
+
+@pytest.fixture
+def dbs(db_urls: DbUrls, tmp_path: Path) -> Iterator[Databases]:
+    settings = load_settings(write_settings(tmp_path / "s.toml", db_urls))
+    databases = Databases(settings)
+    dbadmin.init(settings, databases, None, lambda _: None)
+    yield databases
+    databases.dispose()
+
+
+def leases(dbs: Databases, holder: str, ttl: float = 30.0) -> Leases:
+    return Leases(lambda: dbs.coordination, holder, ttl)
+
+
+def test_one_holder_per_group_and_tenant(dbs: Databases) -> None:
+    a, b = leases(dbs, "host-a:1"), leases(dbs, "host-b:2")
+    first = a.acquire("serials", "DEFAULT", "run-1")
+    assert first is not None
+    assert b.acquire("serials", "DEFAULT", "run-2") is None
+    assert a.acquire("serials", "DEFAULT", "run-3") is None  # same process, other run
+    assert b.acquire("serials", "maison_atelier", "run-4") is not None
+    assert b.acquire("dashboard_fast", "DEFAULT", "run-5") is not None
+    a.release(first)
+    assert b.acquire("serials", "DEFAULT", "run-6") is not None
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_learns_it(dbs: Databases) -> None:
+    a, b = leases(dbs, "host-a:1", ttl=1.0), leases(dbs, "host-b:2", ttl=1.0)
+    old = a.acquire("serials", "DEFAULT", "run-a")
+    assert old is not None
+    assert b.acquire("serials", "DEFAULT", "run-b") is None
+    time.sleep(1.3)
+    with pytest.raises(LeaseLost, match="not renewed"):
+        old.check()  # a whole TTL without renewal: stop before writing
+    new = b.acquire("serials", "DEFAULT", "run-b")
+    assert new is not None and new.previous == "run-a"
+    a.renew_all()
+    assert old.lost.is_set()
+    with pytest.raises(LeaseLost, match="taken over"):
+        old.check()
+    new.check()
+    a.release(old)  # releasing a lost lease must not free the new holder's
+    assert leases(dbs, "host-c:3").acquire("serials", "DEFAULT", "run-c") is None
+
+
+def test_renewal_keeps_a_long_run_exclusive(dbs: Databases) -> None:
+    a, b = leases(dbs, "host-a:1", ttl=0.9), leases(dbs, "host-b:2", ttl=0.9)
+    a.start()
+    try:
+        held = a.acquire("serials", "DEFAULT", "run-a")
+        assert held is not None
+        for _ in range(5):
+            time.sleep(0.5)
+            assert b.acquire("serials", "DEFAULT", "run-b") is None
+            held.check()
+    finally:
+        a.stop()
+
+
+def test_racing_threads_one_winner(dbs: Databases) -> None:
+    contenders = [leases(dbs, f"host:{i}") for i in range(8)]
+    barrier = threading.Barrier(len(contenders))
+    wins: list[str] = []
+
+    def race(i: int) -> None:
+        barrier.wait()
+        if contenders[i].acquire("serials", "DEFAULT", f"run-{i}") is not None:
+            wins.append(f"run-{i}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(contenders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1

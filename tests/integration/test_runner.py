@@ -1,0 +1,121 @@
+"""The runner on SQLite and MariaDB: isolation, claims, lease skips, history, run-once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from daemon_helpers import heartbeat_settings, runs, tenant_setup
+from helpers import DbUrls
+
+from bgworkers.leases import Leases
+from bgworkers.runner import Runner
+from bgworkers.settings import load_settings
+
+TICK = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def config(db_urls: DbUrls, tmp_path: Path) -> Path:
+    broken = ("sqlite:////nonexistent-dir/broken.db" if db_urls.backend == "sqlite"
+              else db_urls.tenant("no_such_database"))
+    path = heartbeat_settings(tmp_path / "s.toml", db_urls,
+                              extra=f"[tenants.urls]\nbroken = '{broken}'\n")
+    tenant_setup(db_urls, heartbeat_settings(tmp_path / "setup.toml", db_urls),
+                 ["DEFAULT", "maison_atelier"])
+    return path
+
+
+def add_broken_tenant(db_urls: DbUrls, config: Path) -> None:
+    runner = Runner(load_settings(config))
+    with runner.dbs.core.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO organization (id_org, code, name, status) "
+                             "VALUES (9, 'broken', 'Broken', 'active')")
+    runner.close()
+
+
+def test_one_broken_tenant_fails_alone_and_everything_is_recorded(
+        db_urls: DbUrls, config: Path) -> None:
+    add_broken_tenant(db_urls, config)
+    runner = Runner(load_settings(config))
+    try:
+        result = runner.tick("heartbeat", TICK)
+    finally:
+        runner.close()
+    assert {code: r.status for code, r in result.tenants.items()} == {
+        "DEFAULT": "ok", "maison_atelier": "ok", "broken": "failed"}
+    assert result.failed
+    assert result.total(("tenants", "checks", "errors")) == {"tenants": 3, "checks": 2,
+                                                             "errors": 1}
+    rows = {row.tenant: row for row in runs(db_urls.core_url)}
+    assert {t: r.status for t, r in rows.items()} == {
+        "DEFAULT": "ok", "maison_atelier": "ok", "broken": "failed"}
+    assert "Traceback" in rows["broken"].error
+    assert json.loads(rows["DEFAULT"].counters) == {"checks": 1}
+    for row in rows.values():
+        assert row.tick_at == TICK.replace(tzinfo=None)
+        assert row.started_at <= row.ended_at
+
+
+def test_a_tick_runs_once_per_tenant(db_urls: DbUrls, config: Path) -> None:
+    first, second = Runner(load_settings(config)), Runner(load_settings(config))
+    try:
+        assert all(r.status == "ok" for r in first.tick("heartbeat", TICK).tenants.values())
+        again = second.tick("heartbeat", TICK)  # another replica firing the same tick
+        assert {r.status for r in again.tenants.values()} == {"claimed"}
+        assert not again.failed
+    finally:
+        first.close()
+        second.close()
+    assert len(runs(db_urls.core_url)) == 2
+
+
+def test_held_lease_skips_the_tenant_with_a_history_row(db_urls: DbUrls, config: Path) -> None:
+    runner = Runner(load_settings(config))
+    other = Leases(lambda: runner.dbs.coordination, "elsewhere:1", 30)
+    held = other.acquire("heartbeat", "DEFAULT", "someone-else")
+    assert held is not None
+    try:
+        result = runner.tick("heartbeat", TICK)
+    finally:
+        other.release(held)
+        runner.close()
+    assert result.tenants["DEFAULT"].status == "skipped"
+    assert result.tenants["maison_atelier"].status == "ok"
+    assert not result.failed
+    assert result.as_json(("tenants", "checks", "errors")) == {
+        "job": "heartbeat",
+        "tenants": {"DEFAULT": {"skipped": 1}, "maison_atelier": {"checks": 1}},
+        "total": {"tenants": 1, "checks": 1, "errors": 0, "skipped": 1},
+    }
+    statuses = {row.tenant: (row.status, row.error) for row in runs(db_urls.core_url)}
+    assert statuses["DEFAULT"] == ("skipped", "lease held by another run")
+
+
+def run_once(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bgworkers", "run-once", "heartbeat",
+                           "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_run_once_json_and_exit_status(db_urls: DbUrls, config: Path) -> None:
+    ok = run_once(config, "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {
+        "job": "heartbeat",
+        "tenants": {"DEFAULT": {"checks": 1}, "maison_atelier": {"checks": 1}},
+        "total": {"tenants": 2, "checks": 2, "errors": 0}}
+    one = run_once(config, "--tenant", "maison_atelier")
+    assert one.returncode == 0
+    assert "maison_atelier" in one.stdout and "DEFAULT" not in one.stdout
+    unknown = run_once(config, "--tenant", "nobody")
+    assert unknown.returncode == 1
+    assert "tenant 'nobody' is not an active tenant" in unknown.stderr
+    add_broken_tenant(db_urls, config)
+    failed = run_once(config, "--json")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["total"]["errors"] == 1
