@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,7 @@ def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_pa
             held[(row.job, row.tenant)].append((row.started_at, row.ended_at, row.pid))
     for key, intervals in held.items():
         intervals.sort()
-        for (start, end, pid), (next_start, _, next_pid) in zip(intervals, intervals[1:],
-                                                                strict=False):
+        for (_, end, pid), (next_start, _, next_pid) in pairwise(intervals):
             assert end <= next_start, f"{key}: run of pid {pid} overlaps one of pid {next_pid}"
     statuses = defaultdict(int)
     for row in history:
