@@ -7,7 +7,10 @@ import socket
 
 
 def notify(*lines: str) -> bool:
-    """Send `KEY=value` lines to systemd; False when not run by systemd (or it fails)."""
+    """Send `KEY=value` lines to systemd; False when not run by systemd (or it fails).
+
+    Never blocks for long: a receiver that stopped reading must not stall a job.
+    """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -15,6 +18,7 @@ def notify(*lines: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(0.5)
             sock.connect(address)
             sock.sendall("\n".join(lines).encode())
     except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -123,3 +124,18 @@ def test_bad_settings_at_start_exit_2(tmp_path: Path, urls: DbUrls) -> None:
     with daemon(config, {}, tmp_path / "d.log") as proc:
         assert proc.wait(30) == 2
     assert "jobs.heartbeat.every: must be longer than 0" in (tmp_path / "d.log").read_text()
+
+
+def test_a_notify_receiver_that_stops_reading_does_not_stall_jobs(
+        urls: DbUrls, tmp_path: Path, listener: NotifyListener) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s")
+    tenant_setup(urls, config, ["DEFAULT"])
+    listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # fills at once
+    log = tmp_path / "d.log"
+    with daemon(config, {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "500000"},
+                log) as proc:
+        listener.wait_for("READY")  # and never read again
+        wait_until(lambda: len(events(log, "job_run_summary")) >= 6, timeout=30)
+        assert not events(log, "tick_missed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
