@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bgworkers import __version__, dbadmin
+from bgworkers import __version__
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
 from bgworkers.scheduler import SECTIONS, describe_trigger, next_fire, plans, reconcile
@@ -123,15 +123,21 @@ def _reload_preview(other: Settings) -> None:
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
+    from bgworkers import dbadmin
+
     return _with_databases(args, lambda s, d: dbadmin.init(s, d, args.tenant, print))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from bgworkers import dbadmin
+
     return _with_databases(
         args, lambda s, d: dbadmin.upgrade(s, d, args.tenant, args.dry_run, print))
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
+    from bgworkers import dbadmin
+
     return _with_databases(args, lambda s, d: dbadmin.check(s, d, print))
 
 
