@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bgworkers import __version__
 from bgworkers.jobs import BY_NAME, REGISTRY
@@ -104,7 +105,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _reload_preview(other: Settings) -> None:
     """With --config OTHER: what a reload from the default settings file to OTHER changes."""
     current_path = config_path(None)
-    if other.source == str(current_path) or not current_path.exists():
+    if not current_path.exists() or Path(other.source).resolve() == current_path.resolve():
         return
     try:
         current = load_settings(current_path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,16 +27,40 @@ def test_help_on_every_command(command: list[str]) -> None:
     assert result.stdout.startswith("usage: bgworkers")
 
 
+def table(stdout: str) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines() if line.strip()]
+
+
 def test_jobs_lists_every_job_with_trigger_and_lease_group() -> None:
     result = bgworkers("jobs", "--config", str(ROOT / "settings.toml"))
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].split() == ["JOB", "ENABLED", "TRIGGER", "LEASE", "GROUP", "NEXT", "RUN",
-                                "(UTC)"]
-    assert [line.split()[0] for line in lines[1:]] == [
-        "serial_consistency", "serial_outbox", "dashboard_fast", "dashboard_medium",
-        "dashboard_slow"]
-    assert "every 5m   serials" in lines[2]
+    rows = table(result.stdout)
+    assert rows[0] == ["JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)"]
+    assert [(r[0], r[2], r[3]) for r in rows[1:]] == [
+        ("serial_consistency", "every 1h", "serials"),
+        ("serial_outbox", "every 5m", "serials"),
+        ("dashboard_fast", "every 1m", "dashboard_fast"),
+        ("dashboard_medium", "every 5m", "dashboard_medium"),
+        ("dashboard_slow", "every 15m", "dashboard_slow"),
+        ("heartbeat", "every 1m", "heartbeat"),
+    ]
+    assert rows[-1][1] == "no" and rows[-1][4] == "-"  # heartbeat is off by default
+
+
+def test_jobs_with_other_config_previews_the_reload(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text("[jobs.heartbeat]\nenabled = true\n")
+    other = tmp_path / "other.toml"
+    other.write_text("[jobs.heartbeat]\nenabled = true\ncron = '*/10 * * * 1-5'\n"
+                     "[logging]\nlevel = 'debug'\n")
+    result = bgworkers("jobs", "--config", str(other), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    heartbeat = table(result.stdout)[6]
+    assert heartbeat[:3] == ["heartbeat", "yes", "cron '*/10 * * * 1-5'"]
+    fire = datetime.strptime(heartbeat[4], "%Y-%m-%d %H:%M:%S")
+    assert fire.minute % 10 == 0 and fire.weekday() < 5
+    assert result.stdout.endswith(
+        f"A reload from settings.toml to {other} would:\n"
+        "  reschedule: heartbeat\n  apply changed settings: logging\n")
 
 
 def test_unknown_job_is_a_usage_error() -> None:
