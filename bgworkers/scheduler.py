@@ -27,8 +27,8 @@ from bgworkers.settings import JobSettings, SchedulerSettings, Settings, format_
 #: Intervals count from the epoch, so a 5-minute job fires at :00, :05, ... UTC on every
 #: replica, and replicas agree on the identity (scheduled time) of each tick.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Settings sections other than [jobs] (a reload reports which of them changed).
-SECTIONS = ("database", "tenants", "erp", "scheduler", "logging")
+#: Settings sections (a reload reports which of them changed).
+SECTIONS = ("database", "tenants", "erp", "scheduler", "logging", "jobs")
 
 
 def make_trigger(job: JobSettings, scheduler: SchedulerSettings, jitter: bool = True) -> Any:

@@ -222,7 +222,8 @@ class DatabaseSettings(_Section):
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         if creds and (Path(creds) / self.password_credential).is_file():
             secret = (Path(creds) / self.password_credential).read_text().strip()
-            object.__setattr__(self, "password", SecretStr(secret))
+            if secret:  # a blank credential (the unit's fallback) means no password
+                object.__setattr__(self, "password", SecretStr(secret))
         return self
 
     def url(self, raw: str) -> URL:
@@ -291,7 +292,8 @@ class JobSettings(_Section):
 
 class SerialConsistencySettings(JobSettings):
     default_every = timedelta(hours=1)
-    salt_key_re: ClassVar[re.Pattern[str]] = re.compile(r"(hatthasilpa|oem|classic):[0-9]{1,9}")
+    salt_key_re: ClassVar[re.Pattern[str]] = re.compile(
+        r"(hatthasilpa|oem|classic):(0|[1-9][0-9]{0,8})")
     salt_value_re: ClassVar[re.Pattern[str]] = re.compile(r"[0-9a-fA-F]{64}")
 
     dry_run: bool = False
@@ -335,7 +337,7 @@ class SerialConsistencySettings(JobSettings):
         try:
             lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"salts_credential: cannot read {str(path)!r}: "
+            raise ValueError(f"systemd credential {str(path)!r} (salts_credential): cannot read: "
                              f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
         salts: dict[str, SecretStr] = {}
         for number, line in enumerate(lines, 1):
@@ -343,7 +345,7 @@ class SerialConsistencySettings(JobSettings):
             if not text or text.startswith("#"):
                 continue
             key, sep, value = (part.strip() for part in text.partition("="))
-            where = f"salts_credential: {str(path)!r} line {number}"
+            where = f"systemd credential {str(path)!r} (salts_credential) line {number}"
             if not sep:
                 raise ValueError(f"{where}: expected <production_type>:<version>=<64 hex>")
             self._check_salt(key, value, where)

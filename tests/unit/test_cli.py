@@ -60,7 +60,7 @@ def test_jobs_with_other_config_previews_the_reload(tmp_path: Path) -> None:
     assert fire.minute % 10 == 0 and fire.weekday() < 5
     assert result.stdout.endswith(
         f"A reload from settings.toml to {other} would:\n"
-        "  reschedule: heartbeat\n  apply changed settings: logging\n")
+        "  reschedule: heartbeat\n  apply changed settings: logging, jobs\n")
 
 
 def test_unknown_job_is_a_usage_error() -> None:

@@ -198,6 +198,16 @@ def test_password_from_systemd_credentials(tmp_path: Path,
     assert settings.database.url(settings.database.core_url).password == PASSWORD
 
 
+def test_blank_credential_means_no_password(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db_password").write_text(" ")  # the unit's SetCredential= fallback
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_settings(write(tmp_path, ""))
+    assert settings.database.password is None
+
+
 def test_explicit_password_wins_over_credentials(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     creds = tmp_path / "creds"
