@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from daemon_helpers import NotifyListener, events  # noqa: E402
+from daemon_helpers import NotifyListener, events
 
 ROOT = Path(__file__).resolve().parents[1]
 BGWORKERS = [sys.executable, "-m", "bgworkers"]

@@ -116,7 +116,8 @@ class Daemon:
                 if not name.startswith("_")}
 
     def reload(self) -> None:
-        notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
         try:
             new = load_settings(self.config)
         except SettingsError as exc:

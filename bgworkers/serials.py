@@ -1,18 +1,23 @@
-"""Serial numbers: format, checksum, parsing.  Pure functions, no I/O.
+"""Serial numbers: format, checksum, parsing and classification.  Pure functions, no I/O.
 
 Standard format: TENANT-TYPE-SKU-YYYYMMDD-SEQ-HASH4-C, where C is the sum of the
 character codes of everything before the final '-C', modulo 36, in 0-9A-Z.
+Every function here accepts any string (NUL, non-ASCII, very long) and never raises.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 STANDARD_RE = re.compile(
-    r"^([A-Z0-9]{2,8})-([A-Z]{2,4})-([A-Z0-9]{2,8})-(\d{8})-(\d{5})-([A-Z0-9]{4})-([A-Z0-9])$"
+    r"^([A-Z0-9]{2,8})-([A-Z]{2,4})-([A-Z0-9]{2,8})-(\d{8})-(\d{5})-([A-Z0-9]{4})-([A-Z0-9])$",
+    re.ASCII,  # \d is 0-9 only, not every Unicode digit
 )
 TYPE_CODES = {"hatthasilpa": "HAT", "oem": "OEM", "classic": "ATL"}
 
@@ -24,7 +29,11 @@ def type_code(production_type: str) -> str:
 
 def checksum(body: str) -> str:
     """The check character of `body` (the serial without its final '-C')."""
-    return ALPHABET[sum(ord(ch) for ch in body) % 36]
+    try:
+        total = sum(body.encode("ascii"))  # fast path: a serial is ASCII
+    except UnicodeEncodeError:
+        total = sum(map(ord, body))
+    return ALPHABET[total % 36]
 
 
 def to_base36(value: int, width: int) -> str:
@@ -68,3 +77,86 @@ def parse_standard(serial: str) -> StandardSerial | None:
     except ValueError:
         return None
     return StandardSerial(*match.groups())
+
+
+# ---------------------------------------------------------------- classification
+
+
+class Kind(StrEnum):
+    """What a serial value is, as the consistency check sees it."""
+
+    STANDARD = "standard"  # standard format, checksum right
+    CHECKSUM_FAIL = "checksum_fail"  # standard format, checksum wrong
+    EXEMPT = "exempt"  # matches an exempt pattern (TEMP, legacy, MO, LOT, ...)
+    COMPONENT = "component"  # <valid standard serial>-<PART>[-n]
+    INVALID_FORMAT = "invalid_format"  # none of the above
+
+    @property
+    def is_legacy(self) -> bool:
+        """Non-standard but legitimate: counted as legacy, never quarantined."""
+        return self in (Kind.EXEMPT, Kind.COMPONENT)
+
+
+#: PART of a component serial and its optional number: `-STRAP`, `-BODY-2`.
+COMPONENT_PART_RE = re.compile(r"[A-Z][A-Z0-9_]{0,19}", re.ASCII)
+COMPONENT_NUMBER_RE = re.compile(r"[0-9]{1,3}", re.ASCII)
+_STANDARD_PARTS = 7
+_LONGEST_COMPONENT = 44 + 1 + 20 + 1 + 3
+
+
+def compile_patterns(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """Exempt patterns as compiled regexes (the settings already validated them)."""
+    return tuple(re.compile(p) for p in patterns)
+
+
+def component_parent(serial: str) -> StandardSerial | None:
+    """The parsed parent of `<standard-shaped serial>-<PART>[-n]`, else None.
+
+    The parent is returned whether or not its checksum is right; a component is
+    valid only when its parent is (see `classify`).
+    """
+    if len(serial) > _LONGEST_COMPONENT:
+        return None
+    parts = serial.split("-")
+    extra = parts[_STANDARD_PARTS:]
+    if len(extra) not in (1, 2) or not COMPONENT_PART_RE.fullmatch(extra[0]):
+        return None
+    if len(extra) == 2 and not COMPONENT_NUMBER_RE.fullmatch(extra[1]):
+        return None
+    return parse_standard("-".join(parts[:_STANDARD_PARTS]))
+
+
+def classify(serial: str, exempt: Sequence[re.Pattern[str]]) -> Kind:
+    """The kind of a serial value.
+
+    Order: a value in standard form is judged as standard (checksum right or
+    wrong); the exempt patterns apply to the other values; then a component of
+    a valid standard serial; anything else is an invalid format.
+    """
+    parsed = parse_standard(serial)
+    if parsed is not None:
+        return Kind.STANDARD if parsed.checksum_ok else Kind.CHECKSUM_FAIL
+    if any(pattern.search(serial) for pattern in exempt):
+        return Kind.EXEMPT
+    parent = component_parent(serial)
+    if parent is not None and parent.checksum_ok:
+        return Kind.COMPONENT
+    return Kind.INVALID_FORMAT
+
+
+# ---------------------------------------------------------------- hash signature
+
+
+
+def hash_signature(serial: str, salt: str) -> str:
+    """Hex HMAC-SHA256 of the full serial keyed with the ASCII of the 64-hex salt."""
+    key = salt.encode("utf-8", "surrogatepass")
+    return hmac.digest(key, serial.encode("utf-8", "surrogatepass"), "sha256").hex()
+
+
+def hash_ok(serial: str, signature: str | None, salt: str) -> bool:
+    """Whether `signature` (hex, any case, surrounding blanks ignored) signs `serial`."""
+    if signature is None:
+        return False
+    given = signature.strip().lower().encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(hash_signature(serial, salt).encode("ascii"), given)

@@ -6,7 +6,7 @@ key (`job=`) and, unless it shares one, its lease group.
 
 from __future__ import annotations
 
-from bgworkers.jobs import heartbeat
+from bgworkers.jobs import heartbeat, serial_consistency
 from bgworkers.jobs.base import JobSpec
 
 SERIAL_CONSISTENCY = JobSpec(
@@ -15,6 +15,8 @@ SERIAL_CONSISTENCY = JobSpec(
     "check serial links, formats and orphans; fix what is safe, quarantine the rest",
     ("tenants", "missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
      "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined", "errors"),
+    serial_consistency.run,
+    serial_consistency.level,
 )
 SERIAL_OUTBOX = JobSpec(
     "serial_outbox",
