@@ -142,6 +142,19 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     return _with_databases(args, lambda s, d: dbadmin.check(s, d, print))
 
 
+def cmd_outbox_requeue(args: argparse.Namespace) -> int:
+    from bgworkers import outbox_admin
+
+    return _with_databases(args, lambda s, d: outbox_admin.requeue(
+        s, d, args.tenant, args.id, args.all_dead, args.dry_run, print))
+
+
+def cmd_outbox_stats(args: argparse.Namespace) -> int:
+    from bgworkers import outbox_admin
+
+    return _with_databases(args, lambda s, d: outbox_admin.stats(s, d, args.tenant, print))
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from bgworkers import demo
 
@@ -212,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
     add("check", cmd_db_check,
         "report missing tables and columns per database (exit 1 if any)", db)
+
+    p = add("outbox", lambda a: 2, "serial link outbox: stats, requeue dead rows")
+    outbox = p.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    p = add("stats", cmd_outbox_stats,
+            "rows per status and the age of the oldest pending row, per tenant", outbox)
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant")
+    p = add("requeue", cmd_outbox_requeue,
+            "put dead rows back to pending with a fresh retry budget", outbox)
+    p.add_argument("--tenant", metavar="CODE", required=True, help="the tenant")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", metavar="N", type=int, nargs="+", help="these outbox row ids")
+    which.add_argument("--all-dead", action="store_true", help="every dead row of the tenant")
+    p.add_argument("--dry-run", action="store_true", help="say what would be requeued")
 
     p = add("demo-data", cmd_demo_data,
             "fill the configured databases with synthetic ERP data (demo, tests, benchmarks)")

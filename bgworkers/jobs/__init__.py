@@ -6,7 +6,7 @@ key (`job=`) and, unless it shares one, its lease group.
 
 from __future__ import annotations
 
-from bgworkers.jobs import heartbeat, serial_consistency
+from bgworkers.jobs import heartbeat, serial_consistency, serial_outbox
 from bgworkers.jobs.base import JobSpec
 
 SERIAL_CONSISTENCY = JobSpec(
@@ -24,6 +24,8 @@ SERIAL_OUTBOX = JobSpec(
     "retry core links queued in serial_link_outbox",
     ("tenants", "pending_found", "retried", "succeeded", "failed_retry", "marked_dead",
      "errors"),
+    serial_outbox.run,
+    serial_outbox.level,
 )
 _DASHBOARD_COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
 DASHBOARD_FAST = JobSpec("dashboard_fast", "dashboard_fast",

@@ -1,20 +1,27 @@
 """Job `serial_outbox`: retry the core links queued in a tenant's `serial_link_outbox`.
 
 One run takes the tenant's due rows (`pending`, `next_attempt_at` NULL or past,
-in ERP-local time), oldest first, at most `batch_size`, and claims them so that
-no other worker takes them (see `claim`).  The claim is held until
+in UTC, like every serial table), oldest first, at most `batch_size`, and claims them so that
+no other worker takes them (see `outbox_store.claim`).  The claim is held until
 the outcome of every claimed row is written in the same tenant transaction.
 
-Linking is set-based (`link`): one guarded UPDATE of
-`serial_registry` per chunk, then one SELECT reads the registry back and each
-row is classified:
+Linking is set-based (`outbox_store.link`): in one core transaction the
+registry rows of the batch are read and locked, then one UPDATE per chunk links
+the linkable ones, guarded by the tenant, the production type and
+`dag_token_id IS NULL`.  Each row is then classified from that registry state:
 
 - linked to its own token: `done` (also when it already was: idempotent);
 - linked to another token, or production type not hatthasilpa: `dead` at once,
   the reason in `last_error`;
-- no registry row for this tenant: retryable, `retry_count + 1` and
-  `next_attempt_at = now + backoff[retry_count]` (the last step repeats) with
-  +-`backoff_jitter`; `dead` when `retry_count` reaches `max_retries`.
+- no registry row for this tenant: retryable, `next_attempt_at = now +
+  backoff[retry_count]` (the last step repeats) with +-`backoff_jitter`, in
+  whole seconds; `dead` when `retry_count` reaches `max_retries`;
+- a serial_code that cannot be a registry key (empty, over 64 characters,
+  leading or trailing blanks): `dead` at once.
+
+Every failed attempt, permanent or not, adds one to `retry_count` and sets
+`last_error`.  When two claimed rows name one serial, the oldest row's token is
+the one linked; the other then fails as linked to another token.
 
 `retried` counts the rows attempted; each ends in exactly one of `succeeded`,
 `failed_retry` (still pending, later) or `marked_dead`.  A core database error
@@ -43,7 +50,9 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from bgworkers.jobs.base import Counters, JobContext
-from bgworkers.jobs.outbox_sql import (
+from bgworkers.jobs.outbox_sql import write_transaction
+from bgworkers.jobs.outbox_store import (
+    HATTHASILPA,
     CoreUnavailable,
     Item,
     RegistryState,
@@ -53,12 +62,10 @@ from bgworkers.jobs.outbox_sql import (
     link,
     record,
     simulate_link,
-    write_transaction,
 )
 from bgworkers.settings import SerialOutboxSettings
 
 COUNTERS = ("pending_found", "retried", "succeeded", "failed_retry", "marked_dead", "errors")
-HATTHASILPA = "hatthasilpa"
 FAULT_ENV = "BGWORKERS_FAULT"
 FAULT_AFTER_CORE_LINK = "outbox_after_core_link"
 DEAD_EVENT_SAMPLE = 20  # rows named in the `outbox_rows_dead` event
@@ -93,8 +100,10 @@ def classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[K
     if state is None:
         return "retry", f"no serial_registry row for tenant {tenant_id}"
     if state.tenant_id != tenant_id:
-        return "retry", (f"no serial_registry row for tenant {tenant_id} "
-                         f"(the serial is registered to tenant {state.tenant_id})")
+        return "retry", (
+            f"no serial_registry row for tenant {tenant_id} "
+            f"(the serial is registered to tenant {state.tenant_id})"
+        )
     if state.dag_token_id == item.token:
         return "done", ""
     if state.production_type != HATTHASILPA:
@@ -104,8 +113,9 @@ def classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[K
     return "retry", "registry row still unlinked after the update"
 
 
-def next_attempt(now: datetime, retry_count: int, cfg: SerialOutboxSettings,
-                 rnd: random.Random) -> datetime:
+def next_attempt(
+    now: datetime, retry_count: int, cfg: SerialOutboxSettings, rnd: random.Random
+) -> datetime:
     """`now + backoff[retry_count]` (last step repeats), +-jitter, in whole seconds.
 
     Whole seconds because MySQL DATETIME keeps no fraction: the value written is
@@ -117,8 +127,14 @@ def next_attempt(now: datetime, retry_count: int, cfg: SerialOutboxSettings,
     return now + timedelta(seconds=min(max(delay, math.ceil(low)), math.floor(high)))
 
 
-def plan(items: Sequence[Item], states: Mapping[str, RegistryState], tenant_id: int,
-         now: datetime, cfg: SerialOutboxSettings, rnd: random.Random) -> Plan:
+def plan(
+    items: Sequence[Item],
+    states: Mapping[str, RegistryState],
+    tenant_id: int,
+    now: datetime,
+    cfg: SerialOutboxSettings,
+    rnd: random.Random,
+) -> Plan:
     result = Plan()
     counters = result.counters
     for item in items:
@@ -129,8 +145,11 @@ def plan(items: Sequence[Item], states: Mapping[str, RegistryState], tenant_id: 
             result.done.append(item.id)
             counters["succeeded"] += 1
         elif kind == "retry" and attempts < cfg.max_retries:
-            result.failed[item.id] = ("pending", error,
-                                      next_attempt(now, item.retry_count, cfg, rnd))
+            result.failed[item.id] = (
+                "pending",
+                error,
+                next_attempt(now, item.retry_count, cfg, rnd),
+            )
             counters["failed_retry"] += 1
         else:
             if kind == "retry":
@@ -142,7 +161,7 @@ def plan(items: Sequence[Item], states: Mapping[str, RegistryState], tenant_id: 
 
 def run(ctx: JobContext) -> Counters:
     cfg = settings_of(ctx)
-    now = ctx.erp_now.replace(microsecond=0)
+    now = ctx.utc_now.replace(microsecond=0)
     if ctx.dry_run:
         return _preview(ctx, cfg, now)
     counters = dict.fromkeys(COUNTERS, 0)
@@ -160,9 +179,11 @@ def run(ctx: JobContext) -> Counters:
             ctx.check_lease()
             record(conn, result.done, result.failed, now)
     except CoreUnavailable as exc:
+        # The tenant transaction rolled back: claims released, no row touched.
         counters["errors"] += 1
-        ctx.log.warning("outbox_core_unavailable", error=str(exc),
-                        rows_left_pending=counters["pending_found"])
+        ctx.log.warning(
+            "outbox_core_unavailable", error=str(exc), rows_left_pending=counters["pending_found"]
+        )
         return counters
     _log_dead(ctx, items, result)
     counters.update({k: v for k, v in result.counters.items() if k != "pending_found"})
@@ -183,19 +204,27 @@ def _preview(ctx: JobContext, cfg: SerialOutboxSettings, now: datetime) -> Count
         counters["errors"] += 1
         ctx.log.warning("outbox_core_unavailable", error=str(exc), dry_run=True)
         return counters
-    # A copy of the generator: a preview never moves the jitter sequence of real runs.
+    # Its own generator: a preview never moves the jitter sequence of real runs.
     result = plan(items, states, ctx.tenant.id, now, cfg, random.Random(0))
     counters.update({k: v for k, v in result.counters.items() if k != "pending_found"})
     return counters
 
 
 def _log_dead(ctx: JobContext, items: Sequence[Item], result: Plan) -> None:
-    dead = [(item, result.failed[item.id][1]) for item in items
-            if result.failed.get(item.id, ("",))[0] == "dead"]
+    dead = [
+        (item, result.failed[item.id][1])
+        for item in items
+        if result.failed.get(item.id, ("",))[0] == "dead"
+    ]
     if dead:
-        ctx.log.error("outbox_rows_dead", count=len(dead), rows=[
-            {"id": item.id, "serial": item.serial, "token": item.token, "reason": reason}
-            for item, reason in dead[:DEAD_EVENT_SAMPLE]])
+        ctx.log.error(
+            "outbox_rows_dead",
+            count=len(dead),
+            rows=[
+                {"id": item.id, "serial": item.serial, "token": item.token, "reason": reason}
+                for item, reason in dead[:DEAD_EVENT_SAMPLE]
+            ],
+        )
 
 
 def fault_point(name: str) -> None:

@@ -1,0 +1,180 @@
+"""`bgworkers outbox requeue|stats`: operator tools for the serial link outbox.
+
+Each function prints through `out` and returns the exit status: 0 ok, 1 some
+of what was asked could not be done (named in the output), 2 bad usage (an
+unknown tenant, neither or both of ids / all_dead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from bgworkers.clock import Clock, SystemClock
+from bgworkers.jobs.outbox_sql import chunks, write_transaction
+from bgworkers.jobs.outbox_store import due
+from bgworkers.schema import core
+from bgworkers.schema.tenant import serial_link_outbox as outbox
+from bgworkers.settings import TENANT_CODE_RE, Settings
+from bgworkers.tenancy import Databases, discover
+
+Out = Callable[[str], None]
+SHOWN_IDS = 20  # ids listed in a requeue message; more are counted
+
+
+def _utc_now(clock: Clock) -> datetime:
+    """Naive UTC, as the serial tables store their times."""
+    return clock.now().astimezone(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _known_tenant(settings: Settings, dbs: Databases, code: str, out: Out) -> bool:
+    """An explicitly named tenant: a valid code present in core organization (any status)."""
+    if not TENANT_CODE_RE.fullmatch(code):
+        out(f"tenant {code!r}: refused: must match ^[A-Za-z0-9_]{{1,50}}$")
+        return False
+    org = core.organization
+    with dbs.core.connect() as conn:
+        found = conn.execute(select(org.c.id_org).where(org.c.code == code)).first()
+    if found is None:
+        out(f"tenant {code}: not in core organization")
+        return False
+    return True
+
+
+def _failed(code: str, exc: SQLAlchemyError, out: Out) -> int:
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    out(f"tenant {code}: FAILED: {reason}")
+    return 1
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
+    more = len(ids) - SHOWN_IDS
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def requeue(
+    settings: Settings,
+    dbs: Databases,
+    tenant_code: str,
+    ids: list[int] | None,
+    all_dead: bool,
+    dry_run: bool,
+    out: Out,
+    clock: Clock | None = None,
+) -> int:
+    """Put dead rows back to pending with a fresh retry budget (retry_count 0, due now)."""
+    if bool(ids) == all_dead:
+        out("give either --id N ... or --all-dead (one of them)")
+        return 2
+    try:
+        if not _known_tenant(settings, dbs, tenant_code, out):
+            return 2
+        now = _utc_now(clock or SystemClock())
+        with write_transaction(dbs.tenant(tenant_code)) as conn:
+            dead, problems = _dead_rows(conn, None if all_dead else ids)
+            if not dry_run:
+                for part in chunks(dead):
+                    conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id.in_(part), outbox.c.status == "dead")
+                        .values(
+                            status="pending", retry_count=0, next_attempt_at=None, updated_at=now
+                        )
+                    )
+    except SQLAlchemyError as exc:
+        return _failed(tenant_code, exc, out)
+    for problem in problems:
+        out(f"tenant {tenant_code}: {problem}")
+    verb = "would requeue" if dry_run else "requeued"
+    if dead:
+        out(f"tenant {tenant_code}: {verb} {len(dead)} dead row(s): ids {_id_list(dead)}")
+    else:
+        out(f"tenant {tenant_code}: {verb} 0 rows (no dead row matched)")
+    return 1 if problems else 0
+
+
+def _dead_rows(conn: Connection, ids: list[int] | None) -> tuple[list[int], list[str]]:
+    """Ids to requeue (locked until the transaction ends) and why others are left alone."""
+    query = select(outbox.c.id, outbox.c.status).order_by(outbox.c.id).with_for_update()
+    if ids is None:
+        return list(conn.execute(query.where(outbox.c.status == "dead")).scalars()), []
+    wanted = sorted(set(ids))
+    found: dict[int, str] = {}
+    for part in chunks(wanted):
+        found.update(
+            (int(r.id), str(r.status)) for r in conn.execute(query.where(outbox.c.id.in_(part)))
+        )
+    problems = [
+        f"id {i}: no such outbox row"
+        if i not in found
+        else f"id {i}: status {found[i]}, not dead: left alone"
+        for i in wanted
+        if found.get(i) != "dead"
+    ]
+    return [i for i in wanted if found.get(i) == "dead"], problems
+
+
+def format_age(age: timedelta) -> str:
+    seconds = max(int(age.total_seconds()), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+STATS_HEADER = f"{'tenant':<20} {'pending':>8} {'due':>8} {'done':>10} {'dead':>8}  oldest pending"
+
+
+def stats(
+    settings: Settings,
+    dbs: Databases,
+    tenant_code: str | None,
+    out: Out,
+    clock: Clock | None = None,
+) -> int:
+    """Counts per status, how many pending rows are due now, age of the oldest pending row."""
+    now = _utc_now(clock or SystemClock())
+    try:
+        if tenant_code is not None:
+            if not _known_tenant(settings, dbs, tenant_code, out):
+                return 2
+            codes = [tenant_code]
+        else:
+            tenants, refused = discover(settings, dbs.core)
+            for problem in refused:
+                out(f"tenant {problem.code}: {problem.error}")
+            codes = [t.code for t in tenants]
+    except SQLAlchemyError as exc:
+        out(f"core: FAILED: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
+        return 1
+    out(STATS_HEADER)
+    status = 0
+    for code in codes:
+        try:
+            out(_stats_line(dbs, code, now))
+        except SQLAlchemyError as exc:
+            status = _failed(code, exc, out)
+    return status
+
+
+def _stats_line(dbs: Databases, code: str, now: datetime) -> str:
+    query = select(
+        outbox.c.status,
+        func.count(),
+        func.min(outbox.c.created_at),
+        func.sum(case((due(now), 1), else_=0)),
+    ).group_by(outbox.c.status)
+    with dbs.tenant(code).connect() as conn:
+        rows = {str(r[0]): (int(r[1]), r[2], int(r[3] or 0)) for r in conn.execute(query)}
+    pending, oldest, due_now = rows.get("pending", (0, None, 0))
+    done, dead = (rows.get(s, (0, None, 0))[0] for s in ("done", "dead"))
+    age = f"{format_age(now - oldest)} (since {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else "-"
+    return f"{code:<20} {pending:>8} {due_now:>8} {done:>10} {dead:>8}  {age}"
