@@ -20,6 +20,7 @@ from helpers import DbUrls, write_settings
 
 from bgworkers import dbadmin
 from bgworkers.db import ensure_database
+from bgworkers.jobs import REGISTRY
 from bgworkers.schema import core, own
 from bgworkers.settings import load_settings
 from bgworkers.tenancy import Databases
@@ -48,7 +49,10 @@ def tenant_setup(db_urls: DbUrls, config: Path, codes: list[str], erp_schema: bo
 
 def heartbeat_settings(path: Path, db_urls: DbUrls, every: str = "1s", hold: str = "0s",
                        extra: str = "") -> Path:
-    return write_settings(path, db_urls, f"""
+    """Settings scheduling only heartbeat (tenant databases may be empty)."""
+    others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
+                     if spec.name != "heartbeat")
+    return write_settings(path, db_urls, f"""{others}
 [scheduler]
 max_workers = 8
 lease_ttl = "3s"
