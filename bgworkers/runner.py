@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from structlog.typing import FilteringBoundLogger
 
-from bgworkers import history
+from bgworkers import alerts, history
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost
@@ -39,6 +39,7 @@ class TenantResult:
     status: str  # ok, failed, skipped (lease held elsewhere), claimed (tick run elsewhere)
     counters: Counters = field(default_factory=dict)
     error: str | None = None
+    alerts: list[alerts.Alert] = field(default_factory=list)
 
 
 @dataclass
@@ -133,7 +134,9 @@ class Runner:
             result.tenants[code] = future.result()
         statuses = Counter(r.status for r in result.tenants.values())
         total = result.total(spec.counters)
-        log.log(_LEVELS[spec.level(total)] if not result.failed else 30, "job_run_summary",
+        worst = "warning" if result.failed else alerts.level(
+            a for r in result.tenants.values() for a in r.alerts)
+        log.log(alerts.LEVELS[worst], "job_run_summary",
                 job=job, tick=tick_at.isoformat(), ms=int((time.monotonic() - started) * 1000),
                 **{f"tenants_{k}": v for k, v in statuses.items()}, **total)
         return result
@@ -213,9 +216,13 @@ class Runner:
             ctx.log.exception("run_failed", error=_short(exc))
             self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
         if result.status == "ok":
-            ctx.log.log(_LEVELS[spec.level(result.counters)], "job_tenant_result",
+            result.alerts = alerts.check(spec.name, result.counters, ctx.settings.alerts)
+            ctx.log.log(alerts.LEVELS[alerts.level(result.alerts)], "job_tenant_result",
                         status=result.status, ms=int((time.monotonic() - started) * 1000),
                         dry_run=ctx.dry_run, **result.counters)
+            for alert in result.alerts:
+                ctx.log.log(alerts.LEVELS[alert.level], alert.event, counter=alert.counter,
+                            value=alert.value, threshold=alert.threshold)
         return result
 
     def _finish(self, engine: Any, run_id: str, status: str, counters: Counters | None,
@@ -262,5 +269,3 @@ class Runner:
         self.leases.stop()
         self.dbs.dispose()
 
-
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}

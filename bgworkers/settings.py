@@ -44,16 +44,33 @@ from bgworkers.settings_values import (
     TenantCode,
     TimeZoneName,
     _Section,
+    check_listen,
     check_tenant_url,
     format_duration,
     parse_duration,
 )
 
 __all__ = [
-    "DASHBOARD_TABLES", "TENANT_CODE_RE", "DashboardTierSettings", "DatabaseSettings",
-    "ErpSettings", "HeartbeatSettings", "JobSettings", "JobsSettings", "LoggingSettings",
-    "SchedulerSettings", "SerialConsistencySettings", "SerialOutboxSettings", "Settings",
-    "SettingsError", "TenantsSettings", "config_path", "format_duration", "load_settings",
+    "DASHBOARD_TABLES",
+    "TENANT_CODE_RE",
+    "AlertsSettings",
+    "DashboardTierSettings",
+    "DatabaseSettings",
+    "ErpSettings",
+    "HeartbeatSettings",
+    "JobSettings",
+    "JobsSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "SchedulerSettings",
+    "SerialConsistencySettings",
+    "SerialOutboxSettings",
+    "Settings",
+    "SettingsError",
+    "TenantsSettings",
+    "config_path",
+    "format_duration",
+    "load_settings",
     "parse_duration",
 ]
 
@@ -147,6 +164,19 @@ class SchedulerSettings(_Section):
     history_retention: PositiveDuration = timedelta(days=30)
 
 
+class AlertsSettings(_Section):
+    """Thresholds above which an alert event is logged (and counted in metrics)."""
+
+    quarantined_per_run: NonNegativeInt = 10
+    outbox_dead_per_run: NonNegativeInt = 0
+    errors_per_run: NonNegativeInt = 0
+    outbox_oldest_pending: PositiveDuration = timedelta(hours=1)
+
+
+class MetricsSettings(_Section):
+    listen: Annotated[str, AfterValidator(check_listen)] | None = None
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "journal", "console", "json"] = "auto"
@@ -162,6 +192,8 @@ class Settings(BaseSettings):
     erp: ErpSettings = Field(default_factory=ErpSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
 
     _source: str = PrivateAttr(default="(defaults)")

@@ -152,6 +152,14 @@ def check_regex(value: str) -> str:
 TimeZoneName = Annotated[str, AfterValidator(check_timezone)]
 
 
+def check_listen(value: str) -> str:
+    """HOST:PORT for a listening socket."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:9464, got {value!r}")
+    return value
+
+
 # ---------------------------------------------------------------- sections
 
 

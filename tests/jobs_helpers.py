@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from bgworkers.clock import FixedClock
@@ -20,3 +21,11 @@ def make_context(settings: Settings, dbs: Databases, tenant_code: str, now: date
         raise LookupError(f"{tenant_code!r} is not an active tenant in core organization")
     return JobContext(job=job, tenant=tenant, settings=settings, dbs=dbs,
                       clock=FixedClock(now), log=get_logger(), dry_run=dry_run)
+
+
+def alert_level(job: str, counters: Mapping[str, int]) -> str:
+    """The level the runner logs a tenant result at, with the default thresholds."""
+    from bgworkers import alerts
+    from bgworkers.settings import AlertsSettings
+
+    return alerts.level(alerts.check(job, counters, AlertsSettings()))

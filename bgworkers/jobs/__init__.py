@@ -16,7 +16,6 @@ SERIAL_CONSISTENCY = JobSpec(
     ("tenants", "missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
      "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined", "errors"),
     serial_consistency.run,
-    serial_consistency.level,
 )
 SERIAL_OUTBOX = JobSpec(
     "serial_outbox",
@@ -25,7 +24,6 @@ SERIAL_OUTBOX = JobSpec(
     ("tenants", "pending_found", "retried", "succeeded", "failed_retry", "marked_dead",
      "errors"),
     serial_outbox.run,
-    serial_outbox.level,
 )
 _DASHBOARD_COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
 DASHBOARD_FAST = JobSpec("dashboard_fast", "dashboard_fast",

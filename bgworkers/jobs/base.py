@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -33,10 +33,6 @@ class NoGuard:
         return None
 
 
-def _info(_: Mapping[str, int]) -> str:
-    return "info"
-
-
 @dataclass(frozen=True)
 class JobSpec:
     name: str
@@ -45,8 +41,6 @@ class JobSpec:
     counters: tuple[str, ...]
     #: None while the job is not part of this build: it is listed but never scheduled
     run: Callable[[JobContext], Counters] | None = None
-    #: log level of a tenant's result event and of the run summary, from the counters
-    level: Callable[[Mapping[str, int]], str] = field(default=_info)
 
 
 @dataclass

@@ -20,7 +20,7 @@ writes nothing and counts what it would fix (`fixed`) and quarantine
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,15 +46,9 @@ COUNTERS = ("missing_tenant_links", "missing_core_links", "invalid_formats", "or
             "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined",
             "errors")
 #: More new quarantine rows than this in one run is worth a warning.
-QUARANTINE_ALERT = 10
 _FIRST_KEY = -(2**63)
 
 
-def level(counters: Mapping[str, int]) -> str:
-    """Warning when a run quarantines more than 10 serials or meets an error."""
-    if counters.get("errors", 0) > 0 or counters.get("quarantined", 0) > QUARANTINE_ALERT:
-        return "warning"
-    return "info"
 
 
 def run(ctx: JobContext) -> Counters:

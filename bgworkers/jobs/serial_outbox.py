@@ -233,9 +233,3 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def level(counters: Mapping[str, int]) -> str:
-    if counters.get("marked_dead", 0) > 0:
-        return "error"
-    if counters.get("errors", 0) > 0:
-        return "warning"
-    return "info"

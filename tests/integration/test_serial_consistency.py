@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, write_settings
-from jobs_helpers import make_context
+from jobs_helpers import alert_level, make_context
 
 from bgworkers import dbadmin
 from bgworkers.jobs import serial_consistency
@@ -238,7 +238,7 @@ def test_every_outcome_then_nothing_more_then_dry_run(scenario: Scenario) -> Non
 
     first = scenario.run()
     assert first == EXPECTED
-    assert serial_consistency.level(first) == "warning"  # 12 quarantined > 10
+    assert alert_level("serial_consistency", first) == "warning"  # 12 quarantined > 10
     assert open_quarantine(scenario) == EXPECTED_QUARANTINE
     quarantine = {(r.serial_code, r.reason, r.source_id): r for r in
                   scenario.rows(tenant.serial_quarantine)}
@@ -267,7 +267,7 @@ def test_every_outcome_then_nothing_more_then_dry_run(scenario: Scenario) -> Non
 
     second = scenario.run()
     assert second == {**EXPECTED, "missing_tenant_links": 0, "fixed": 0, "quarantined": 0}
-    assert serial_consistency.level(second) == "info"
+    assert alert_level("serial_consistency", second) == "info"
     assert scenario.digest() == after_first
 
     assert scenario.run(dry_run=True) == second
@@ -319,7 +319,7 @@ def test_core_failure_is_an_error_and_tenant_checks_go_on(scenario: Scenario) ->
     assert counters == {**EXPECTED, "missing_core_links": 0, "mismatches": 0,
                         "unregistered": 0, "invalid_formats": 4, "fixed": 3,
                         "quarantined": 9, "errors": 1}
-    assert serial_consistency.level(counters) == "warning"
+    assert alert_level("serial_consistency", counters) == "warning"
     events = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [e["event"] for e in events if e["level"] == "warning"] == [
         "serial_registry_unavailable"]
@@ -345,7 +345,9 @@ def test_broken_tenant_fails_alone(scenario: Scenario) -> None:
 
 
 def test_level() -> None:
-    level = serial_consistency.level
+    def level(counters: dict[str, int]) -> str:
+        return alert_level("serial_consistency", counters)
+
     assert level({"quarantined": 10, "errors": 0}) == "info"
     assert level({"quarantined": 11, "errors": 0}) == "warning"
     assert level({"quarantined": 0, "errors": 1}) == "warning"

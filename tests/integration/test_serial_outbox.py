@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 import structlog
 from helpers import DbUrls, write_settings
-from jobs_helpers import make_context
+from jobs_helpers import alert_level, make_context
 
 from bgworkers import dbadmin, outbox_admin
 from bgworkers.clock import FixedClock
@@ -169,7 +169,7 @@ def test_success_links_in_core_and_marks_done(env: Env) -> None:
     ids = [enqueue(env, n, 100 + n) for n in (1, 2, 3)]
     result = serial_outbox.run(env.ctx())
     assert result == counters(pending_found=3, retried=3, succeeded=3)
-    assert serial_outbox.level(result) == "info"
+    assert alert_level("serial_outbox", result) == "info"
     assert links(env) == {serial(n): 100 + n for n in (1, 2, 3)}
     rows = outbox_rows(env)
     assert [(rows[i].status, rows[i].retry_count, rows[i].updated_at) for i in ids] == [
@@ -192,7 +192,7 @@ def test_linked_to_another_token_goes_dead_at_once(env: Env) -> None:
     with structlog.testing.capture_logs() as logs:
         result = serial_outbox.run(env.ctx())
     assert result == counters(pending_found=1, retried=1, marked_dead=1)
-    assert serial_outbox.level(result) == "error"
+    assert alert_level("serial_outbox", result) == "error"
     row = outbox_rows(env)[row_id]
     assert (row.status, row.retry_count, row.next_attempt_at) == ("dead", 1, None)
     assert "linked to another token (999)" in row.last_error
@@ -234,7 +234,7 @@ def test_no_registry_row_retries_inside_the_exact_backoff_window(
     monkeypatch.setattr(serial_outbox, "rng", random.Random(1234))
     result = serial_outbox.run(env.ctx())
     assert result == counters(pending_found=6, retried=6, failed_retry=6)
-    assert serial_outbox.level(result) == "info"
+    assert alert_level("serial_outbox", result) == "info"
     rows = outbox_rows(env)
     expect = random.Random(1234)  # the job draws once per failed row, oldest first
     for rc in sorted(steps, reverse=True):
@@ -399,7 +399,7 @@ def test_core_unreachable_stops_batch_and_burns_no_retry(env: Env, tmp_path: Pat
     finally:
         bad_dbs.dispose()
     assert result == counters(pending_found=2, errors=1)
-    assert serial_outbox.level(result) == "warning"
+    assert alert_level("serial_outbox", result) == "warning"
     assert [e["event"] for e in logs] == ["outbox_core_unavailable"]
     assert outbox_rows(env) == before  # untouched: no retry burned, no timestamp moved
     # the claims were released: a run with the core back takes the same rows at once

@@ -1,0 +1,36 @@
+"""Alert rules: thresholds from [alerts], stable event names, result level."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgworkers.alerts import check, level
+from bgworkers.settings import AlertsSettings
+
+CASES = [
+    ("serial_consistency", {"quarantined": 10}, {}, []),
+    ("serial_consistency", {"quarantined": 11}, {}, ["alert_quarantine_spike"]),
+    ("serial_consistency", {"quarantined": 11}, {"quarantined_per_run": 20}, []),
+    ("serial_outbox", {"quarantined": 50}, {}, []),  # not an outbox counter
+    ("serial_outbox", {"marked_dead": 1}, {}, ["alert_outbox_dead"]),
+    ("serial_outbox", {"marked_dead": 3}, {"outbox_dead_per_run": 5}, []),
+    ("dashboard_fast", {"errors": 1}, {}, ["alert_job_errors"]),
+    ("serial_outbox", {"marked_dead": 2, "errors": 1}, {},
+     ["alert_outbox_dead", "alert_job_errors"]),
+]
+
+
+@pytest.mark.parametrize(("job", "counters", "thresholds", "events"), CASES)
+def test_rules(job: str, counters: dict[str, int], thresholds: dict[str, int],
+               events: list[str]) -> None:
+    alerts = check(job, counters, AlertsSettings(**thresholds))  # type: ignore[arg-type]
+    assert [a.event for a in alerts] == events
+
+
+def test_level_is_the_worst_alert() -> None:
+    settings = AlertsSettings()
+    assert level([]) == "info"
+    assert level(check("dashboard_fast", {"errors": 1}, settings)) == "warning"
+    assert level(check("serial_outbox", {"errors": 1, "marked_dead": 1}, settings)) == "error"
+    alert = check("serial_outbox", {"marked_dead": 4}, settings)[0]
+    assert (alert.counter, alert.value, alert.threshold) == ("marked_dead", 4, 0)
