@@ -23,6 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bgworkers import history
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.logs import configure_logging, get_logger
+from bgworkers.metrics import Metrics
 from bgworkers.notify import notify, watchdog_interval
 from bgworkers.runner import Runner
 from bgworkers.scheduler import SECTIONS, Scheduler, tick_identity
@@ -42,6 +43,7 @@ class Daemon:
         self.scheduler.aps.add_executor(ThreadPoolExecutor(1), "internal")
         self.reload_error: str | None = None
         self.last_tick = "no tick yet"
+        self.runner.metrics = Metrics()
 
     # -------------------------------------------------------------- scheduled work
 
@@ -70,6 +72,12 @@ class Daemon:
         if deleted:
             log.info("history_pruned", rows=deleted, older_than=cutoff.isoformat())
 
+    def _watch(self) -> None:
+        settings = self.settings
+        if settings.jobs.serial_outbox.enabled or settings.jobs.serial_consistency.enabled:
+            assert self.runner.metrics is not None
+            self.runner.metrics.watch(settings, self.runner.dbs, self.clock.now())
+
     # -------------------------------------------------------------- lifecycle
 
     def status(self) -> str:
@@ -93,6 +101,11 @@ class Daemon:
         self.scheduler.apply(self.settings)
         self.scheduler.aps.add_job(self._housekeeping, IntervalTrigger(hours=1), id="_housekeeping",
                                    executor="internal", next_run_time=self.clock.now())
+        self.scheduler.aps.add_job(self._watch, IntervalTrigger(minutes=1), id="_watch",
+                                   executor="internal", next_run_time=self.clock.now())
+        if self.settings.metrics.listen:
+            assert self.runner.metrics is not None
+            self.runner.metrics.serve(self.settings.metrics.listen)
         self.scheduler.aps.start()
         log.info("daemon_started", pid=os.getpid(), config=str(self.config),
                  ms=int((time.monotonic() - started) * 1000), jobs=self._next_runs())
@@ -126,6 +139,8 @@ class Daemon:
             notify("READY=1", f"STATUS={self.status()}")
             return
         old = self.settings
+        if new.metrics != old.metrics:
+            log.warning("reload_metrics_needs_restart", listen=new.metrics.listen)
         configure_logging(new.logging, new.secret_values())
         changes = self.scheduler.apply(new)
         self.runner.update(new)

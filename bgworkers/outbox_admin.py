@@ -8,6 +8,7 @@ unknown tenant, neither or both of ids / all_dead).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, case, func, select, update
@@ -165,7 +166,17 @@ def stats(
     return status
 
 
-def _stats_line(dbs: Databases, code: str, now: datetime) -> str:
+@dataclass(frozen=True)
+class OutboxState:
+    pending: int
+    due: int
+    done: int
+    dead: int
+    oldest_pending: datetime | None  # naive UTC
+
+
+def outbox_state(dbs: Databases, code: str, now: datetime) -> OutboxState:
+    """Counts per status, pending rows due at `now`, the oldest pending row's creation."""
     query = select(
         outbox.c.status,
         func.count(),
@@ -176,5 +187,12 @@ def _stats_line(dbs: Databases, code: str, now: datetime) -> str:
         rows = {str(r[0]): (int(r[1]), r[2], int(r[3] or 0)) for r in conn.execute(query)}
     pending, oldest, due_now = rows.get("pending", (0, None, 0))
     done, dead = (rows.get(s, (0, None, 0))[0] for s in ("done", "dead"))
+    return OutboxState(pending, due_now, done, dead, oldest)
+
+
+def _stats_line(dbs: Databases, code: str, now: datetime) -> str:
+    state = outbox_state(dbs, code, now)
+    oldest = state.oldest_pending
     age = f"{format_age(now - oldest)} (since {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else "-"
-    return f"{code:<20} {pending:>8} {due_now:>8} {done:>10} {dead:>8}  {age}"
+    return (f"{code:<20} {state.pending:>8} {state.due:>8} {state.done:>10} {state.dead:>8}  "
+            f"{age}")

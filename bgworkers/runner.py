@@ -23,6 +23,7 @@ from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost
 from bgworkers.leases import Lease, Leases
 from bgworkers.logs import get_logger, log_context
+from bgworkers.metrics import Metrics
 from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, Tenant, discover
 
@@ -87,6 +88,7 @@ class Runner:
                              settings.scheduler.lease_ttl.total_seconds())
         self.pool = ThreadPoolExecutor(settings.scheduler.max_workers, "tenant")
         self.stopping = threading.Event()
+        self.metrics: Metrics | None = None  # the daemon's; run-once has none
         self.last_error: str | None = None
         self._inflight: set[Future[TenantResult]] = set()
         self._lock = threading.Lock()
@@ -162,7 +164,10 @@ class Runner:
             tenant_log = get_logger("bgworkers.job")
             lease = self._start(spec, tenant.code, tick_at, run_id, dbs, tenant_log)
             if isinstance(lease, TenantResult):
+                if lease.status != "claimed":
+                    self._measure(spec.name, tenant.code, lease, None)
                 return lease
+            started = time.monotonic()
             dry_run = dry_run or bool(getattr(settings.jobs.get(spec.name), "dry_run", False))
             ctx = JobContext(job=spec.name, tenant=tenant, settings=settings, dbs=dbs,
                              clock=self.clock, log=tenant_log, dry_run=dry_run, guard=lease)
@@ -172,7 +177,14 @@ class Runner:
                              result.error)
             finally:  # after the history row is closed: its interval lies inside the lease
                 self.leases.release(lease)
+            self._measure(spec.name, tenant.code, result, time.monotonic() - started)
             return result
+
+    def _measure(self, job: str, tenant: str, result: TenantResult,
+                 seconds: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.run_finished(job, tenant, result.status, seconds, self.clock.now(),
+                                      [a.event for a in result.alerts])
 
     def _start(self, spec: JobSpec, tenant: str, tick_at: datetime, run_id: str,
                dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
@@ -243,6 +255,8 @@ class Runner:
         except SQLAlchemyError as exc:
             log.error("history_write_failed", job=job, error=_short(exc))
         log.warning("tick_missed", job=job, tick=tick_at.isoformat(), reason=reason)
+        if self.metrics is not None:
+            self.metrics.missed.labels(job).inc()
 
     def inflight(self) -> int:
         with self._lock:

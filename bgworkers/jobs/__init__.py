@@ -6,7 +6,7 @@ key (`job=`) and, unless it shares one, its lease group.
 
 from __future__ import annotations
 
-from bgworkers.jobs import heartbeat, serial_consistency, serial_outbox
+from bgworkers.jobs import dashboard, heartbeat, serial_consistency, serial_outbox
 from bgworkers.jobs.base import JobSpec
 
 SERIAL_CONSISTENCY = JobSpec(
@@ -25,13 +25,10 @@ SERIAL_OUTBOX = JobSpec(
      "errors"),
     serial_outbox.run,
 )
-_DASHBOARD_COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
-DASHBOARD_FAST = JobSpec("dashboard_fast", "dashboard_fast",
-                         "refresh the fast dashboard tier", _DASHBOARD_COUNTERS)
-DASHBOARD_MEDIUM = JobSpec("dashboard_medium", "dashboard_medium",
-                           "refresh the medium dashboard tier", _DASHBOARD_COUNTERS)
-DASHBOARD_SLOW = JobSpec("dashboard_slow", "dashboard_slow",
-                         "refresh the slow dashboard tier", _DASHBOARD_COUNTERS)
+DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW = (
+    JobSpec(f"dashboard_{tier}", f"dashboard_{tier}", f"refresh the {tier} dashboard tier",
+            dashboard.COUNTERS, dashboard.run)
+    for tier in ("fast", "medium", "slow"))
 HEARTBEAT = JobSpec("heartbeat", "heartbeat", "check that every tenant database answers",
                     heartbeat.COUNTERS, heartbeat.run)
 

@@ -20,8 +20,9 @@ writes nothing and counts what it would fix (`fixed`) and quarantine
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import Row, Select
@@ -45,10 +46,90 @@ from bgworkers.settings import SerialConsistencySettings
 COUNTERS = ("missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
             "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined",
             "errors")
-#: More new quarantine rows than this in one run is worth a warning.
 _FIRST_KEY = -(2**63)
 
+# ---------------------------------------------------------------- rules (pure)
 
+#: The counter each outcome adds to.  Outcomes are quarantine reasons, except
+#: `legacy` (left alone), `missing_core_link` (enqueued) and `missing_tenant_link` (set).
+OUTCOME_COUNTERS = {
+    "legacy": "legacy", "invalid_format": "invalid_formats", "checksum_fail": "invalid_formats",
+    "hash_fail": "invalid_formats", "duplicate": "duplicates", "unregistered": "unregistered",
+    "registry_mismatch": "mismatches", "missing_core_link": "missing_core_links",
+    "missing_tenant_link": "missing_tenant_links", "orphaned": "orphaned",
+}
+NOT_QUARANTINED = frozenset({"legacy", "missing_core_link", "missing_tenant_link"})
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The tenant's own core registry row of a serial, as the link rules see it."""
+
+    production_type: str
+    dag_token_id: int | None
+
+
+def token_outcomes(kind: Kind, token_type: str, token: int, duplicated: bool,
+                   own: Registered | None, hash_failed: bool = False,
+                   registry_read: bool = True) -> list[str]:
+    """What the check concludes about one live token carrying a serial, in order.
+
+    `duplicated`: another live piece token carries the serial (piece tokens only);
+    `own`: the serial's registry row when it belongs to this tenant; `hash_failed`:
+    its signature was checked and is wrong; `registry_read`: False when core could
+    not be read, which skips every registry check.
+    """
+    out: list[str] = []
+    if kind.is_legacy:
+        out.append("legacy")
+    elif kind is not Kind.STANDARD:
+        out.append(kind.value)
+    if duplicated:
+        out.append("duplicate")
+    if kind is not Kind.STANDARD or not registry_read:
+        return out
+    if hash_failed:
+        out.append("hash_fail")
+    if token_type != "piece" or duplicated:
+        return out  # links are checked on unique piece serials only
+    if own is None:
+        out.append("unregistered")
+    elif own.dag_token_id is None:
+        if own.production_type == "hatthasilpa":
+            out.append("missing_core_link")
+    elif own.dag_token_id != token:
+        out.append("registry_mismatch")
+    return out
+
+
+def unlinked_outcome(first_live_piece: int | None, carried: bool, ticket_status: str | None,
+                     generated_at: datetime, cutoff: datetime) -> str | None:
+    """What the check concludes about a job-ticket serial without a tenant link, if anything.
+
+    `first_live_piece`: the lowest live piece token carrying the serial; `carried`:
+    any token carries it; `cutoff`: UTC now minus `orphan_after`.
+    """
+    if first_live_piece is not None:
+        return "missing_tenant_link"
+    if not carried and (ticket_status in FINISHED_TICKET_STATUSES or generated_at < cutoff):
+        return "orphaned"
+    return None
+
+
+def salt_key(production_type: str, salt_version: object) -> str:
+    return f"{production_type}:{salt_version}"
+
+
+def hash_verdict(serial: str, production_type: str, salt_version: object,
+                 signature: str | None, salts: Mapping[str, str]) -> bool | None:
+    """Whether the registry signature of `serial` is right; None: no salt for type:version."""
+    salt = salts.get(salt_key(production_type, salt_version))
+    return None if salt is None else hash_ok(serial, signature, salt)
+
+
+def erp_to_utc(local: datetime, erp_tz: tzinfo) -> datetime:
+    """flow_token holds naive ERP local time; job_ticket_serial holds naive UTC."""
+    return local.replace(tzinfo=erp_tz).astimezone(UTC).replace(tzinfo=None)
 
 
 def run(ctx: JobContext) -> Counters:
@@ -85,25 +166,23 @@ class _Check:
             page = Page()
             links: dict[int, int] = {}  # id_serial -> the token to link
             for row in rows:
-                if row.token is not None:
-                    self.counts["missing_tenant_links"] += 1
+                outcome = unlinked_outcome(row.token, bool(row.carried), row.ticket_status,
+                                           row.generated_at, cutoff)
+                if outcome is None:
+                    continue
+                self.counts[OUTCOME_COUNTERS[outcome]] += 1
+                if outcome == "missing_tenant_link":
                     links[int(row.id_serial)] = int(row.token)
-                elif not row.carried and (row.ticket_status in FINISHED_TICKET_STATUSES
-                                          or row.generated_at < cutoff):
-                    self.counts["orphaned"] += 1
+                else:
                     page.quarantine.append(Quarantine(
-                        row.serial_number, "orphaned", "job_ticket_serial", int(row.id_serial)))
+                        row.serial_number, outcome, "job_ticket_serial", int(row.id_serial)))
             if links:
                 with self.ctx.db.connect() as conn:
                     spawned = token_spawned_at(conn, set(links.values()))
-                page.links = [(id_serial, token, self._erp_to_utc(spawned[token]))
+                tz = self.ctx.settings.erp.tz
+                page.links = [(id_serial, token, erp_to_utc(spawned[token], tz))
                               for id_serial, token in links.items()]
             self._write(page)
-
-    def _erp_to_utc(self, local: datetime) -> datetime:
-        """flow_token holds naive ERP local time; job_ticket_serial holds naive UTC."""
-        aware = local.replace(tzinfo=self.ctx.settings.erp.tz)
-        return aware.astimezone(UTC).replace(tzinfo=None)
 
     # ------------------------------------------------------------ pass 2
 
@@ -117,16 +196,20 @@ class _Check:
                  if kind is Kind.STANDARD})
             for row, kind in zip(rows, kinds, strict=True):
                 serial, token = row.serial_number, int(row.id_token)
-                if kind.is_legacy:
-                    self.counts["legacy"] += 1
-                elif kind is not Kind.STANDARD:
-                    self.counts["invalid_formats"] += 1
-                    page.quarantine.append(Quarantine(serial, kind.value, "flow_token", token))
-                if row.dup_of is not None:
-                    self.counts["duplicates"] += 1
-                    page.quarantine.append(Quarantine(serial, "duplicate", "flow_token", token))
-                if kind is Kind.STANDARD and registry is not None:
-                    self._registry_checks(page, row, registry.get(serial))
+                reg = None if registry is None else registry.get(serial)
+                own = reg if reg is not None and int(reg.tenant_id) == self.ctx.tenant.id else None
+                hash_failed = (kind is Kind.STANDARD and own is not None
+                               and self._hash_fails(serial, own))
+                link = None if own is None else Registered(
+                    str(own.production_type),
+                    None if own.dag_token_id is None else int(own.dag_token_id))
+                for outcome in token_outcomes(kind, row.token_type, token, row.dup_of is not None,
+                                              link, hash_failed, registry is not None):
+                    self.counts[OUTCOME_COUNTERS[outcome]] += 1
+                    if outcome == "missing_core_link":
+                        page.enqueue.append((serial, token))
+                    elif outcome not in NOT_QUARANTINED:
+                        page.quarantine.append(Quarantine(serial, outcome, "flow_token", token))
             self._write(page)
 
     def _registry(self, serials: set[str]) -> dict[str, Row[Any]] | None:
@@ -145,34 +228,15 @@ class _Check:
                                  skipped="registry and hash checks for the rest of this run")
             return None
 
-    def _registry_checks(self, page: Page, row: Row[Any], reg: Row[Any] | None) -> None:
-        serial, token = row.serial_number, int(row.id_token)
-        own = reg if reg is not None and int(reg.tenant_id) == self.ctx.tenant.id else None
-        if own is not None and self._hash_fails(serial, own):
-            self.counts["invalid_formats"] += 1
-            page.quarantine.append(Quarantine(serial, "hash_fail", "flow_token", token))
-        if row.token_type != "piece" or row.dup_of is not None:
-            return  # links are checked on unique piece serials only
-        if own is None:
-            self.counts["unregistered"] += 1
-            page.quarantine.append(Quarantine(serial, "unregistered", "flow_token", token))
-        elif own.dag_token_id is None:
-            if own.production_type == "hatthasilpa":
-                self.counts["missing_core_links"] += 1
-                page.enqueue.append((serial, token))
-        elif int(own.dag_token_id) != token:
-            self.counts["mismatches"] += 1
-            page.quarantine.append(Quarantine(serial, "registry_mismatch", "flow_token", token))
-
     def _hash_fails(self, serial: str, reg: Row[Any]) -> bool:
         if not self.salts:
             return False
-        key = f"{reg.production_type}:{reg.hash_salt_version}"
-        salt = self.salts.get(key)
-        if salt is None:
-            self.unverifiable[key] += 1
+        verdict = hash_verdict(serial, reg.production_type, reg.hash_salt_version,
+                               reg.hash_signature, self.salts)
+        if verdict is None:
+            self.unverifiable[salt_key(reg.production_type, reg.hash_salt_version)] += 1
             return False
-        return not hash_ok(serial, reg.hash_signature, salt)
+        return not verdict
 
     # ------------------------------------------------------------ plumbing
 

@@ -1,0 +1,216 @@
+"""dashboard_fast / dashboard_medium / dashboard_slow: refresh the mv_* summary tables.
+
+The three jobs share `run`; each refreshes the tables listed in its settings
+(`[jobs.dashboard_*] tables`).  For one tenant and one table a refresh is:
+
+1. one transaction that writes a whole new snapshot with set-based
+   INSERT ... SELECT statements, all rows sharing one `snapshot_at` (the ERP's
+   naive local time, whole seconds).  Rows at or after that time (a refresh in
+   the same second, or a clock set back) are deleted in the same transaction,
+   so the newest `snapshot_at` always holds exactly one complete snapshot and a
+   reader of `WHERE snapshot_at = (SELECT MAX(snapshot_at) ...)` never sees a
+   partial or doubled one;
+2. retention: rows past the table's window are deleted in batches of
+   `delete_batch` rows, one short transaction each.
+
+A table that fails (a database error) is logged, counted in `errors`, and the
+next table still runs.  Losing the lease stops the run before its next write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Table,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from bgworkers.db import is_sqlite
+from bgworkers.jobs import dashboard_cycle as cycle
+from bgworkers.jobs import dashboard_now as now
+from bgworkers.jobs import dashboard_trends as trends
+from bgworkers.jobs.base import Counters, JobContext
+from bgworkers.jobs.dashboard_sql import Moment
+from bgworkers.schema import tenant
+from bgworkers.settings import DashboardTierSettings
+
+COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
+
+Build = Callable[[Moment, Connection], list[Insert]]
+Expired = Callable[[Moment], ColumnElement[bool]]
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    table: Table
+    build: Build
+    expired: Expired
+
+
+def _older_than(table: Table, keep: timedelta) -> Expired:
+    return lambda m: table.c.snapshot_at < m.snapshot_at - keep
+
+
+def _now(build: Callable[[Moment], list[Insert]]) -> Build:
+    return lambda m, _conn: build(m)
+
+
+TABLES: dict[str, SummaryTable] = {
+    "mv_token_flow_summary": SummaryTable(
+        tenant.mv_token_flow_summary,
+        _now(now.token_flow_summary),
+        _older_than(tenant.mv_token_flow_summary, now.RECENT),
+    ),
+    "mv_node_bottlenecks": SummaryTable(
+        tenant.mv_node_bottlenecks,
+        _now(now.node_bottlenecks),
+        _older_than(tenant.mv_node_bottlenecks, now.RECENT),
+    ),
+    "mv_team_workload": SummaryTable(
+        tenant.mv_team_workload,
+        _now(now.team_workload),
+        _older_than(tenant.mv_team_workload, now.RECENT),
+    ),
+    "mv_cycle_time_analytics": SummaryTable(
+        tenant.mv_cycle_time_analytics,
+        _now(cycle.cycle_time_analytics),
+        _older_than(tenant.mv_cycle_time_analytics, timedelta(days=cycle.CYCLE_DAYS)),
+    ),
+    "mv_dashboard_trends": SummaryTable(
+        tenant.mv_dashboard_trends, trends.dashboard_trends, trends.trends_expired
+    ),
+}
+
+
+def moment(ctx: JobContext) -> Moment:
+    return Moment(
+        snapshot_at=ctx.erp_now.replace(microsecond=0),
+        live_statuses=tuple(ctx.settings.erp.live_token_statuses),
+    )
+
+
+def run(ctx: JobContext) -> Counters:
+    settings = ctx.job_settings
+    if not isinstance(settings, DashboardTierSettings):
+        raise TypeError(f"job {ctx.job!r} is not a dashboard tier (its settings have no tables)")
+    m = moment(ctx)
+    counters = dict.fromkeys(COUNTERS[1:], 0)
+    for name in settings.tables:
+        started = time.monotonic()
+        try:
+            written, deleted = refresh(ctx, TABLES[name], m, settings.delete_batch)
+        except SQLAlchemyError as exc:
+            counters["errors"] += 1
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            ctx.log.error(
+                "dashboard_table_failed",
+                table=name,
+                error=reason[0] if reason else "",
+                ms=_ms(started),
+            )
+            continue
+        counters["tables"] += 1
+        counters["rows_written"] += written
+        counters["rows_deleted"] += deleted
+        ctx.log.info(
+            "dashboard_table_refreshed",
+            table=name,
+            rows=written,
+            deleted=deleted,
+            ms=_ms(started),
+            snapshot_at=m.snapshot_at.isoformat(sep=" "),
+            dry_run=ctx.dry_run,
+        )
+    return counters
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def refresh(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> tuple[int, int]:
+    """One table for one tenant: (rows written, rows deleted).  Dry run: what it would be."""
+    if ctx.dry_run:
+        return _would(ctx.db, spec, m)
+    ctx.check_lease()
+    with _session(ctx.db) as conn, conn.begin():
+        replaced = conn.execute(
+            delete(spec.table).where(spec.table.c.snapshot_at >= m.snapshot_at)
+        ).rowcount
+        written = sum(conn.execute(stmt).rowcount for stmt in spec.build(m, conn))
+    return written, replaced + purge(ctx, spec, m, batch)
+
+
+def purge(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> int:
+    """Delete expired rows, at most `batch` per statement and transaction."""
+    table, expired = spec.table, spec.expired(m)
+    # MySQL refuses LIMIT directly in an IN subquery and a subquery on the table being
+    # deleted from; the ids go through a derived table, which it materializes first.
+    ids = select(table.c.id).where(expired).limit(batch).subquery("expired_ids")
+    stmt = delete(table).where(table.c.id.in_(select(ids.c.id)))
+    total = 0
+    while True:
+        ctx.check_lease()
+        with ctx.db.begin() as conn:
+            deleted = conn.execute(stmt).rowcount
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+#: MySQL/MariaDB in-memory temporary table limit for the refresh's own session (the
+#: server default, often 16 MB, sends the window sorts of a big tenant to disk)
+WORK_MEMORY = 256 * 1024 * 1024
+
+
+@contextmanager
+def _session(engine: Engine) -> Iterator[Connection]:
+    """A connection for one refresh.  On MySQL/MariaDB: READ COMMITTED, so that the
+    INSERT ... SELECT reads the ERP tables without locking them (REPEATABLE READ
+    would hold shared locks on every scanned source row until commit), and
+    WORK_MEMORY for temporary tables, given back when done."""
+    with engine.connect() as conn:
+        if is_sqlite(engine.url):
+            yield conn
+            return
+        conn.execution_options(isolation_level="READ COMMITTED")
+        conn.exec_driver_sql(
+            f"SET SESSION tmp_table_size = {WORK_MEMORY}, max_heap_table_size = {WORK_MEMORY}"
+        )
+        conn.commit()
+        try:
+            yield conn
+        finally:
+            try:
+                conn.rollback()
+                conn.exec_driver_sql(
+                    "SET SESSION tmp_table_size = DEFAULT, max_heap_table_size = DEFAULT"
+                )
+                conn.commit()
+            except SQLAlchemyError:
+                conn.invalidate()  # never hand a session with odd settings back to the pool
+
+
+def _would(engine: Engine, spec: SummaryTable, m: Moment) -> tuple[int, int]:
+    with _session(engine) as conn:
+        written = 0
+        for stmt in spec.build(m, conn):
+            rows = stmt.select
+            assert rows is not None  # every statement is INSERT ... SELECT
+            written += conn.execute(select(func.count()).select_from(rows.subquery())).scalar_one()
+        expired = conn.execute(
+            select(func.count()).select_from(spec.table).where(spec.expired(m))
+        ).scalar_one()
+    return written, expired

@@ -1,0 +1,190 @@
+"""Dashboard SQL shared by the summary tables: the refresh moment, dialect constructs,
+rounding and team attribution.
+
+Everything here is SQLAlchemy Core that runs on MySQL/MariaDB and SQLite.  The
+few dialect differences are the three constructs at the top (integer division,
+seconds between two timestamps, a day number); each compiles per dialect.
+
+Numbers are computed in integer arithmetic and rounded once, half away from
+zero, to two decimals (`cents`), so that both backends give the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    FromClause,
+    Integer,
+    Join,
+    Numeric,
+    ScalarSelect,
+    Subquery,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from bgworkers.schema.tenant import flow_token, team_member, token_assignment
+
+OPEN_ASSIGNMENT = ("assigned", "accepted", "started", "paused")
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One refresh: its snapshot time (naive ERP-local, whole seconds) and its inputs."""
+
+    snapshot_at: datetime
+    live_statuses: tuple[str, ...]
+
+    @property
+    def today(self) -> date:
+        return self.snapshot_at.date()
+
+    def at(self) -> ColumnElement[datetime]:
+        """snapshot_at as a typed SQL value (SQLite stores it exactly like inserted rows)."""
+        return literal(self.snapshot_at, DateTime())
+
+
+def midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day)
+
+
+# --- the dialect differences -------------------------------------------------------------
+
+
+class idiv(FunctionElement[int]):
+    """Integer division truncating toward zero: `a / b` on SQLite, `a DIV b` on MySQL."""
+
+    type = Integer()
+    name = "idiv"
+    inherit_cache = True
+
+
+class seconds_between(FunctionElement[int]):
+    """Whole seconds from the first timestamp to the second."""
+
+    type = Integer()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+class day_number(FunctionElement[int]):
+    """A day count: consecutive calendar days differ by one (only differences are used)."""
+
+    type = Integer()
+    name = "day_number"
+    inherit_cache = True
+
+
+def _args(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> list[str]:
+    return [compiler.process(arg, **kw) for arg in element.clauses]
+
+
+@compiles(idiv)
+def _idiv(element: idiv, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"(({a}) / ({b}))"
+
+
+@compiles(idiv, "mysql")
+def _idiv_mysql(element: idiv, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"(({a}) DIV ({b}))"
+
+
+@compiles(seconds_between)
+def _seconds(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"(CAST(strftime('%s', {b}) AS INTEGER) - CAST(strftime('%s', {a}) AS INTEGER))"
+
+
+@compiles(seconds_between, "mysql")
+def _seconds_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _args(element, compiler, **kw)
+    return f"TIMESTAMPDIFF(SECOND, {a}, {b})"
+
+
+@compiles(day_number)
+def _day_number(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    (a,) = _args(element, compiler, **kw)
+    return f"CAST(julianday(date({a})) AS INTEGER)"
+
+
+@compiles(day_number, "mysql")
+def _day_number_mysql(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    (a,) = _args(element, compiler, **kw)
+    return f"TO_DAYS({a})"
+
+
+# --- shared pieces ----------------------------------------------------------------------
+
+
+def cents(num: ColumnElement[Any], den: ColumnElement[Any] | int) -> ColumnElement[Any]:
+    """num / den (integers, den > 0) rounded half away from zero to 2 decimals."""
+    up = idiv(200 * num + den, 2 * den)  # round(100 * num / den) for num >= 0
+    down = -idiv(-200 * num + den, 2 * den)
+    return case((num >= 0, up), else_=down) / literal_column("100.0", Numeric(12, 2))
+
+
+def member_team() -> Subquery:
+    """id_member -> its team: the lowest id_team among its active memberships."""
+    tm = team_member
+    return (
+        select(tm.c.id_member, func.min(tm.c.id_team).label("id_team"))
+        .where(tm.c.active == 1)
+        .group_by(tm.c.id_member)
+        .subquery("member_team")
+    )
+
+
+def open_assignee(id_token: ColumnElement[Any]) -> ScalarSelect[Any]:
+    """The user of the token's open assignment (the latest one if several are open).
+
+    Read backwards along the token's index, it stops at the first open one; its
+    cost follows the tokens looked at, not the size of the assignment history.
+    """
+    a = token_assignment
+    return (
+        select(a.c.assigned_to_user_id)
+        .where(a.c.id_token == id_token, a.c.status.in_(OPEN_ASSIGNMENT))
+        .order_by(a.c.id_assignment.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def with_team(tokens: FromClause, which: ColumnElement[bool]) -> tuple[Join, Any]:
+    """`tokens` (containing flow_token) joined to the team of each flow_token row that
+    satisfies `which`; returns the join and the id_team column (NULL: no open
+    assignment, or its member has no active membership).
+
+    The per-token lookup sits in a subquery grouped by the token: grouping makes the
+    database materialize it, so the lookup runs once per token.
+    """
+    t = flow_token
+    assignee = (
+        select(t.c.id_token, open_assignee(t.c.id_token).label("user_id"))
+        .where(which)
+        .group_by(t.c.id_token)
+        .subquery("assignee")
+    )
+    mt = member_team()
+    joined = tokens.outerjoin(assignee, assignee.c.id_token == t.c.id_token).outerjoin(
+        mt, mt.c.id_member == assignee.c.user_id
+    )
+    return joined, mt.c.id_team
+
+
+def flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """1 when the condition holds, else 0."""
+    return case((condition, 1), else_=0)
