@@ -155,6 +155,13 @@ def cmd_outbox_stats(args: argparse.Namespace) -> int:
     return _with_databases(args, lambda s, d: outbox_admin.stats(s, d, args.tenant, print))
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from bgworkers import status
+
+    return _with_databases(args, lambda s, d: status.report(
+        s, d, datetime.now(UTC), args.json, print))
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from bgworkers import demo
 
@@ -211,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing, report what would be done")
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     add("jobs", cmd_jobs, "list jobs with trigger, lease group and next fire time")
+    p = add("status", cmd_status,
+            "last run, next tick and health per job and tenant; exit 0 OK, 1 LATE, 2 FAILING")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     add("check-config", cmd_check_config,
         "validate settings and print the effective values (secrets masked)")
 

@@ -51,7 +51,7 @@ def heartbeat_settings(path: Path, db_urls: DbUrls, every: str = "1s", hold: str
                        extra: str = "") -> Path:
     """Settings scheduling only heartbeat (tenant databases may be empty)."""
     others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
-                     if spec.name != "heartbeat")
+                     if spec.name != "heartbeat" and f"[jobs.{spec.name}]" not in extra)
     return write_settings(path, db_urls, f"""{others}
 [scheduler]
 max_workers = 8

@@ -26,6 +26,7 @@ run = Table(
     Column("error", Text),
     UniqueConstraint("job", "tenant", "tick_at", name="uq_bgw_run_tick"),
     Index("ix_bgw_run_started", "started_at"),
+    Index("ix_bgw_run_job_tenant_status", "job", "tenant", "status"),
 )
 
 #: A (lease group, tenant) is held by at most one run; expires_at uses the DB clock.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import urllib.request
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -139,3 +140,39 @@ def test_a_notify_receiver_that_stops_reading_does_not_stall_jobs(
         assert not events(log, "tick_missed")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_metrics_endpoint_of_a_running_daemon(urls: DbUrls, tmp_path: Path,
+                                              listener: NotifyListener) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", extra=f"""
+[metrics]
+listen = "127.0.0.1:{port}"
+[jobs.serial_outbox]
+enabled = true
+every = "1h"
+""")
+    tenant_setup(urls, config, ["DEFAULT"], erp_schema=True)
+    with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:
+        listener.wait_for("READY")
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return str(resp.read().decode())
+
+        wait_until(lambda: 'bgworkers_runs_total{job="heartbeat",status="ok",tenant="DEFAULT"}'
+                   in scrape())
+        text = scrape()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['bgworkers_runs_total{job="heartbeat",status="ok",tenant="DEFAULT"}'] >= 1
+    assert samples['bgworkers_run_duration_seconds_count{job="heartbeat"}'] >= 1
+    assert samples['bgworkers_last_success_timestamp_seconds{job="heartbeat",tenant="DEFAULT"}'
+                   ] > time.time() - 60
+    assert samples['bgworkers_outbox_rows{status="pending",tenant="DEFAULT"}'] == 0
+    assert samples['bgworkers_outbox_oldest_pending_age_seconds{tenant="DEFAULT"}'] == 0
+    assert samples['bgworkers_quarantine_open{reason="orphaned",tenant="DEFAULT"}'] == 0

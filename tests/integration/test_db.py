@@ -54,7 +54,7 @@ def add_orgs(engine: sa.Engine, rows: list[dict[str, object]] = ORGS) -> None:
 def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Databases) -> None:
     first = bgworkers(config, "db", "init")
     assert first.returncode == 0, first.stderr
-    assert "core (" in first.stdout and "created 5 tables (migrations: coord_0001)" in first.stdout
+    assert "core (" in first.stdout and "created 5 tables (migrations: coord_0001, coord_0002)" in first.stdout
     assert "tenant" not in first.stdout  # no organizations yet
 
     add_orgs(dbs.core)
@@ -106,7 +106,7 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
     dry = bgworkers(config, "db", "upgrade", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("would apply tenant_0001") == 2
-    assert "would apply coord_0001" in dry.stdout
+    assert "would apply coord_0001, coord_0002" in dry.stdout
     assert "ADD COLUMN next_attempt_at DATETIME" in dry.stdout
     assert "CREATE TABLE mv_dashboard_trends" in dry.stdout
     assert bgworkers(config, "db", "check").stdout == before.stdout  # nothing was applied
@@ -114,7 +114,7 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
     applied = bgworkers(config, "db", "upgrade")
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.count("applied tenant_0001") == 2
-    assert "applied coord_0001" in applied.stdout
+    assert "applied coord_0001, coord_0002" in applied.stdout
 
     again = bgworkers(config, "db", "upgrade")
     assert again.returncode == 0
