@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
-import urllib.request
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path

@@ -54,7 +54,8 @@ def add_orgs(engine: sa.Engine, rows: list[dict[str, object]] = ORGS) -> None:
 def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Databases) -> None:
     first = bgworkers(config, "db", "init")
     assert first.returncode == 0, first.stderr
-    assert "core (" in first.stdout and "created 5 tables (migrations: coord_0001, coord_0002)" in first.stdout
+    assert "core (" in first.stdout
+    assert "created 5 tables (migrations: coord_0001, coord_0002)" in first.stdout
     assert "tenant" not in first.stdout  # no organizations yet
 
     add_orgs(dbs.core)

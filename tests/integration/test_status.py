@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -18,7 +18,7 @@ from bgworkers.schema.own import run
 def add_runs(core_url: str, rows: list[tuple[str, str, timedelta]]) -> None:
     """(tenant, status, age) rows of heartbeat history, times relative to the DB's now."""
     engine = sa.create_engine(core_url, poolclass=sa.pool.NullPool)
-    now = datetime.utcnow()  # noqa: DTZ003 - history is naive UTC
+    now = datetime.utcnow()
     with engine.begin() as conn:
         conn.execute(run.insert(), [
             {"job": "heartbeat", "tenant": tenant, "tick_at": now - age, "run_id": f"r{i}",
