@@ -18,7 +18,7 @@ from bgworkers.schema.own import run
 def add_runs(core_url: str, rows: list[tuple[str, str, timedelta]]) -> None:
     """(tenant, status, age) rows of heartbeat history, times relative to the DB's now."""
     engine = sa.create_engine(core_url, poolclass=sa.pool.NullPool)
-    now = datetime.utcnow()
+    now = datetime.now(UTC).replace(tzinfo=None)  # history is naive UTC
     with engine.begin() as conn:
         conn.execute(run.insert(), [
             {"job": "heartbeat", "tenant": tenant, "tick_at": now - age, "run_id": f"r{i}",
