@@ -3,7 +3,8 @@
 #   make test    the whole suite on a fresh Debian machine (as root): system
 #                packages, .venv, ruff, mypy, pytest under coverage
 #   make venv    just .venv with the package and its test extras (editable)
-#   make demo    demo data, a database check, then the daemon in the foreground
+#   make demo    demo data, a database check, one tick of three jobs, then the daemon
+#                in the foreground (Ctrl-C stops it)
 #   make lint    ruff (lint + format check) and mypy
 #   make format  apply ruff's formatting and safe fixes
 #   make clean   caches, coverage data, build output, demo data (distclean: also .venv)
@@ -57,9 +58,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-demo: venv
+demo: system-deps venv
 	$(BIN)/bgworkers demo-data --reset
 	$(BIN)/bgworkers db check
+	$(BIN)/bgworkers run-once serial_consistency
+	$(BIN)/bgworkers run-once serial_outbox
+	$(BIN)/bgworkers run-once dashboard_fast
+	$(BIN)/bgworkers jobs
 	$(BIN)/bgworkers run
 
 lint: venv
