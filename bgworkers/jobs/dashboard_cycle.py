@@ -36,6 +36,7 @@ from bgworkers.jobs.dashboard_sql import (
     Moment,
     cents,
     flag,
+    insert_snapshot,
     member_team,
     midnight,
     seconds_between,
@@ -170,20 +171,9 @@ def cycle_time_analytics(m: Moment) -> list[Insert]:
         cents(g.p95, 6000),
         cents(g.total, 60 * g.n),
     )
-    s = mv_cycle_time_analytics.c
     return [
-        mv_cycle_time_analytics.insert().from_select(
-            [
-                s.snapshot_at,
-                s.node_id,
-                s.team_id,
-                s.period_start,
-                s.period_end,
-                s.token_count,
-                s.p50_minutes,
-                s.p95_minutes,
-                s.avg_minutes,
-            ],
+        insert_snapshot(
+            mv_cycle_time_analytics,
             rows,
         )
     ]

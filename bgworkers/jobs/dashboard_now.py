@@ -11,7 +11,14 @@ from datetime import timedelta
 
 from sqlalchemy import Insert, Numeric, and_, case, func, literal_column, or_, select
 
-from bgworkers.jobs.dashboard_sql import Moment, cents, flag, seconds_between, with_team
+from bgworkers.jobs.dashboard_sql import (
+    Moment,
+    cents,
+    flag,
+    insert_snapshot,
+    seconds_between,
+    with_team,
+)
 from bgworkers.schema.tenant import (
     flow_token,
     job_graph_instance,
@@ -52,18 +59,9 @@ def token_flow_summary(m: Moment) -> list[Insert]:
         .where(which)
         .group_by(gi.c.id_graph, t.c.current_node_id, id_team)
     )
-    s = mv_token_flow_summary.c
     return [
-        mv_token_flow_summary.insert().from_select(
-            [
-                s.snapshot_at,
-                s.graph_id,
-                s.node_id,
-                s.team_id,
-                s.wip_count,
-                s.completed_count,
-                s.waiting_count,
-            ],
+        insert_snapshot(
+            mv_token_flow_summary,
             rows,
         )
     ]
@@ -112,18 +110,9 @@ def node_bottlenecks(m: Moment) -> list[Insert]:
         cents(q.total, 60 * q.depth),
         cents(q.total, 3600),
     ).select_from(per_node.outerjoin(n, n.c.id_node == q.node_id))
-    s = mv_node_bottlenecks.c
     return [
-        mv_node_bottlenecks.insert().from_select(
-            [
-                s.snapshot_at,
-                s.node_id,
-                s.node_code,
-                s.node_name,
-                s.queue_depth,
-                s.avg_wait_minutes,
-                s.bottleneck_score,
-            ],
+        insert_snapshot(
+            mv_node_bottlenecks,
             rows,
         )
     ]
@@ -177,18 +166,9 @@ def team_workload(m: Moment) -> list[Insert]:
         )
         .where(team.c.active == 1)
     )
-    s = mv_team_workload.c
     return [
-        mv_team_workload.insert().from_select(
-            [
-                s.snapshot_at,
-                s.team_id,
-                s.team_name,
-                s.team_category,
-                s.active_tokens,
-                s.waiting_tokens,
-                s.avg_load,
-            ],
+        insert_snapshot(
+            mv_team_workload,
             rows,
         )
     ]

@@ -16,14 +16,18 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     DateTime,
     FromClause,
+    Insert,
     Integer,
     Join,
     Numeric,
     ScalarSelect,
+    Select,
     Subquery,
+    Table,
     case,
     func,
     literal,
@@ -188,3 +192,13 @@ def with_team(tokens: FromClause, which: ColumnElement[bool]) -> tuple[Join, Any
 def flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
     """1 when the condition holds, else 0."""
     return case((condition, 1), else_=0)
+
+
+def snapshot_columns(table: Table) -> list[Column[Any]]:
+    """Every column of a summary table but its id, in table order."""
+    return [c for c in table.c if c.name != "id"]
+
+
+def insert_snapshot(table: Table, query: Select[Any]) -> Insert:
+    """INSERT INTO table (snapshot_columns) SELECT ...: the query lists them in that order."""
+    return table.insert().from_select(snapshot_columns(table), query)

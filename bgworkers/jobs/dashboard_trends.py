@@ -31,7 +31,15 @@ from sqlalchemy import (
     union_all,
 )
 
-from bgworkers.jobs.dashboard_sql import Moment, cents, day_number, midnight, seconds_between
+from bgworkers.jobs.dashboard_sql import (
+    Moment,
+    cents,
+    day_number,
+    insert_snapshot,
+    midnight,
+    seconds_between,
+    snapshot_columns,
+)
 from bgworkers.schema.tenant import (
     flow_token,
     job_graph_instance,
@@ -67,22 +75,13 @@ def dashboard_trends(m: Moment, conn: Connection) -> list[Insert]:
     ).scalar()
     first = rewrite_from(m, previous)
     s = tr.c
-    columns = [
-        s.snapshot_at,
-        s.period_date,
-        s.production_type,
-        s.graph_id,
-        s.tokens_spawned,
-        s.tokens_completed,
-        s.avg_lead_time_hours,
-        s.throughput_per_day,
-    ]
-    inserts = [tr.insert().from_select(columns, _daily_rows(m, first))]
+    columns = snapshot_columns(tr)
+    inserts = [insert_snapshot(tr, _daily_rows(m, first))]
     if previous is not None and first > trend_window(m):
         kept = select(m.at(), *columns[1:]).where(
             s.snapshot_at == previous, s.period_date >= trend_window(m), s.period_date < first
         )
-        inserts.append(tr.insert().from_select(columns, kept))
+        inserts.append(insert_snapshot(tr, kept))
     return inserts
 
 
