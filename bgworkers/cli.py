@@ -162,6 +162,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         s, d, datetime.now(UTC), args.json, print))
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from bgworkers import explain
+
+    return _with_databases(args, lambda s, d: explain.explain(
+        s, d, args.serial, args.tenant, print, as_json=args.json))
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from bgworkers import demo
 
@@ -248,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--id", metavar="N", type=int, nargs="+", help="these outbox row ids")
     which.add_argument("--all-dead", action="store_true", help="every dead row of the tenant")
     p.add_argument("--dry-run", action="store_true", help="say what would be requeued")
+
+    p = add("explain", cmd_explain,
+            "everything known about one serial in core and the tenants, and what the serial "
+            "check would conclude about it (reads only)")
+    p.add_argument("serial", metavar="SERIAL", help="the serial, exactly as stored")
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant (default: every active one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add("demo-data", cmd_demo_data,
             "fill the configured databases with synthetic ERP data (demo, tests, benchmarks)")

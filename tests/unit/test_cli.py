@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["check-config"], ["db"], ["db", "init"],
+COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["status"], ["explain"], ["check-config"],
+            ["outbox"], ["outbox", "stats"], ["outbox", "requeue"], ["db"], ["db", "init"],
             ["db", "upgrade"], ["db", "check"], ["demo-data"]]
 
 
