@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bgworkers import __version__
+from bgworkers.clock import SystemClock
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
 from bgworkers.scheduler import SECTIONS, describe_trigger, next_fire, plans, reconcile
@@ -85,7 +86,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    now = datetime.now(UTC)
+    now = SystemClock().now()
     rows = [("JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)")]
     for spec in REGISTRY:
         job = settings.jobs.get(spec.name)
@@ -159,7 +160,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bgworkers import status
 
     return _with_databases(args, lambda s, d: status.report(
-        s, d, datetime.now(UTC), args.json, print))
+        s, d, SystemClock().now(), args.json, print))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

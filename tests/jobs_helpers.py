@@ -29,3 +29,17 @@ def alert_level(job: str, counters: Mapping[str, int]) -> str:
     from bgworkers.settings import AlertsSettings
 
     return alerts.level(alerts.check(job, counters, AlertsSettings()))
+
+
+def std(seq: int, ptype: str = "hatthasilpa", code: str = "BLVR") -> str:
+    """A valid standard serial, distinct per sequence number."""
+    from datetime import date
+
+    from bgworkers.serials import format_serial
+
+    return format_serial(code, ptype, "BAG01", date(2025, 11, 10), seq, f"H{seq:03d}")
+
+
+def bad_check(serial: str) -> str:
+    """The same serial with a wrong check character."""
+    return serial[:-1] + ("0" if serial[-1] != "0" else "1")

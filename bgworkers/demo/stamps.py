@@ -11,6 +11,8 @@ import calendar
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from bgworkers.clock import SystemClock
+
 MINUTE, HOUR, DAY = 60, 3600, 86400
 _EPOCH = date(1970, 1, 1)
 
@@ -25,7 +27,7 @@ def epoch(moment: datetime) -> int:
 def anchor(at: datetime | None) -> datetime:
     """`at` as naive UTC; default: now, truncated to the minute."""
     if at is None:
-        return datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+        return SystemClock().now().replace(tzinfo=None, second=0, microsecond=0)
     if at.tzinfo is not None:
         return at.astimezone(UTC).replace(tzinfo=None)
     return at

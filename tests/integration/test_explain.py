@@ -15,14 +15,14 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, write_settings
-from jobs_helpers import make_context
+from jobs_helpers import bad_check, make_context, std
 
 from bgworkers import dbadmin
 from bgworkers.clock import FixedClock
@@ -31,7 +31,7 @@ from bgworkers.explain import explain, gather, read_only
 from bgworkers.jobs import serial_consistency
 from bgworkers.jobs.serial_consistency import OUTCOME_COUNTERS
 from bgworkers.schema import core, tenant
-from bgworkers.serials import format_serial, hash_signature
+from bgworkers.serials import hash_signature
 from bgworkers.settings import Settings, load_settings
 from bgworkers.tenancy import Databases
 
@@ -42,14 +42,6 @@ OLD, RECENT = UTC_NOW - timedelta(days=10), UTC_NOW - timedelta(days=1)
 SALT_HAT = "0123456789abcdef" * 4
 SALTS_ENV = "BGWORKERS_JOBS__SERIAL_CONSISTENCY__SALTS"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def std(seq: int, ptype: str = "hatthasilpa") -> str:
-    return format_serial("BLVR", ptype, "BAG01", date(2025, 11, 10), seq, f"H{seq:03d}")
-
-
-def bad_check(serial: str) -> str:
-    return serial[:-1] + ("0" if serial[-1] != "0" else "1")
 
 
 S = {name: std(seq) for seq, name in enumerate(

@@ -12,21 +12,21 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, write_settings
-from jobs_helpers import alert_level, make_context
+from jobs_helpers import alert_level, bad_check, make_context, std
 
 from bgworkers import dbadmin
 from bgworkers.jobs import serial_consistency
 from bgworkers.jobs.base import JobContext, LeaseLost
 from bgworkers.logs import configure_logging
 from bgworkers.schema import core, tenant
-from bgworkers.serials import checksum, format_serial, hash_signature
+from bgworkers.serials import checksum, hash_signature
 from bgworkers.settings import LoggingSettings, Settings, load_settings
 from bgworkers.tenancy import Databases
 
@@ -37,14 +37,6 @@ SALT_HAT = "0123456789abcdef" * 4
 SALT_OEM = "fedcba9876543210" * 4
 SALTS_ENV = "BGWORKERS_JOBS__SERIAL_CONSISTENCY__SALTS"
 JOB = "serial_consistency"
-
-
-def std(seq: int, ptype: str = "hatthasilpa", code: str = "BLVR") -> str:
-    return format_serial(code, ptype, "BAG01", date(2025, 11, 10), seq, f"H{seq:03d}")
-
-
-def bad_check(serial: str) -> str:
-    return serial[:-1] + ("0" if serial[-1] != "0" else "1")
 
 
 S = {name: std(seq) for seq, name in enumerate(
