@@ -51,9 +51,6 @@ def cmd_run_once(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     spec = BY_NAME[args.job]
-    if spec.run is None:
-        print(f"bgworkers run-once: job {spec.name} is not part of this build", file=sys.stderr)
-        return 2
     runner = Runner(settings)
     runner.leases.start()
     try:
@@ -90,10 +87,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     rows = [("JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)")]
     for spec in REGISTRY:
         job = settings.jobs.get(spec.name)
-        scheduled = job.enabled and spec.run is not None
-        fire = next_fire(job, settings.scheduler, now) if scheduled else None
-        enabled = "yes" if scheduled else "no" if spec.run is not None else "not built"
-        rows.append((spec.name, enabled, describe_trigger(job), spec.lease_group,
+        fire = next_fire(job, settings.scheduler, now) if job.enabled else None
+        rows.append((spec.name, "yes" if job.enabled else "no", describe_trigger(job),
+                     spec.lease_group,
                      f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

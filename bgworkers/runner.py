@@ -109,9 +109,6 @@ class Runner:
         """Run `job` for every active tenant (or `only`); never raises."""
         spec = BY_NAME[job]
         result = TickResult(job, tick_at)
-        if spec.run is None:
-            result.error = f"job {job} is not part of this build"
-            return result
         started = time.monotonic()
         settings, dbs = self.settings, self.dbs
         try:
@@ -218,7 +215,6 @@ class Runner:
         """Run the job for one tenant; its exception is logged and recorded, never raised."""
         started = time.monotonic()
         try:
-            assert spec.run is not None
             result = TenantResult("ok", dict(spec.run(ctx)))
         except LeaseLost as exc:
             result = TenantResult("failed", error=f"lease lost: {exc}")

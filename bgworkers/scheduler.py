@@ -79,7 +79,7 @@ def plans(settings: Settings) -> dict[str, Plan]:
     out = {}
     for spec in REGISTRY:
         job = settings.jobs.get(spec.name)
-        if job.enabled and spec.run is not None:
+        if job.enabled:
             grace = job.misfire_grace or settings.scheduler.misfire_grace
             out[spec.name] = Plan(describe_trigger(job, settings.scheduler),
                                   job.jitter.total_seconds(), grace.total_seconds(),

@@ -39,8 +39,7 @@ class JobSpec:
     lease_group: str
     description: str
     counters: tuple[str, ...]
-    #: None while the job is not part of this build: it is listed but never scheduled
-    run: Callable[[JobContext], Counters] | None = None
+    run: Callable[[JobContext], Counters]
 
 
 @dataclass
