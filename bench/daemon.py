@@ -49,7 +49,11 @@ def start(config: Path, listener: NotifyListener, log: Path,
 
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,11 +108,14 @@ def main() -> None:
                 "BGWORKERS_TENANTS__INCLUDE": '["DEFAULT"]'}
         log = work / "beat.log"
         proc, _ = start(config, listener, log, beat)
-        deadline = time.monotonic() + 60
-        while len([e for e in events(log, "job_run_summary") if e["job"] == "heartbeat"]) < 21:
-            assert time.monotonic() < deadline, "heartbeat ticks did not come"
-            time.sleep(0.5)
-        stop(proc)
+        try:
+            deadline = time.monotonic() + 60
+            while len([e for e in events(log, "job_run_summary")
+                       if e["job"] == "heartbeat"]) < 21:
+                assert time.monotonic() < deadline, "heartbeat ticks did not come"
+                time.sleep(0.5)
+        finally:
+            stop(proc)
         in_daemon = [e["ms"] for e in events(log, "job_run_summary")
                      if e["job"] == "heartbeat"][1:21]
         fresh = []
