@@ -325,7 +325,7 @@ def main() -> None:
                 f"  {name:<24} refresh {r[0] * 1000:7.1f} ms   scan {s[0] * 1000:7.1f} ms"
                 f"   ratio {r[0] / s[0]:5.2f}x"
             )
-        print("\n200 small tenants sweep: not measured here (it needs the daemon's runner).")
+        print("\n200 small tenants sweep: see bench/dashboard_sweep.py.")
         dbs.dispose()
 
 
