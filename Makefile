@@ -5,8 +5,7 @@
 #   make venv    just .venv with the package and its test extras (editable)
 #   make demo    demo data, a database check, one tick of three jobs, then the daemon
 #                in the foreground (Ctrl-C stops it)
-#   make lint    ruff (lint + format check) and mypy
-#   make format  apply ruff's formatting and safe fixes
+#   make lint    ruff and mypy
 #   make clean   caches, coverage data, build output, demo data (distclean: also .venv)
 #
 # Knobs: PYTHON (interpreter for the venv, default python3.11 else python3),
@@ -26,7 +25,7 @@ STAMP := $(VENV)/.bgworkers-installed
 LINT_PATHS := bgworkers tests bench
 PYTEST_ARGS ?=
 
-.PHONY: test venv system-deps demo lint format clean distclean
+.PHONY: test venv system-deps demo lint clean distclean
 
 test: system-deps venv
 	@status=0; \
@@ -70,13 +69,8 @@ demo: system-deps venv
 lint: venv
 	@status=0; \
 	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
-	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
 	$(BIN)/mypy || status=1; \
 	exit $$status
-
-format: venv
-	$(BIN)/ruff format $(LINT_PATHS)
-	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov \
