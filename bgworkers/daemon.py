@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bgworkers import history
 from bgworkers.clock import Clock, SystemClock
+from bgworkers.db import error_line
 from bgworkers.logs import configure_logging, get_logger
 from bgworkers.metrics import Metrics
 from bgworkers.notify import notify, watchdog_interval
@@ -67,7 +68,7 @@ class Daemon:
         try:
             deleted = history.prune(self.runner.dbs.coordination, cutoff)
         except Exception as exc:
-            log.warning("history_prune_failed", error=str(exc).splitlines()[0])
+            log.warning("history_prune_failed", error=error_line(exc))
             return
         if deleted:
             log.info("history_pruned", rows=deleted, older_than=cutoff.isoformat())

@@ -13,6 +13,12 @@ from bgworkers.schema.types import PreciseDateTime
 from bgworkers.settings import DatabaseSettings
 
 
+def error_line(exc: BaseException) -> str:
+    """First line of a database error's own message (without SQLAlchemy's SQL and parameters)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine, MetaData, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.db import ensure_database, is_sqlite
+from bgworkers.db import ensure_database, error_line, is_sqlite
 from bgworkers.schema import core, migrate, own, tenant
 from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, discover
@@ -71,7 +71,7 @@ def _label(target: Target, dbs: Databases) -> str:
 
 
 def _failed(target: Target, dbs: Databases, exc: SQLAlchemyError, out: Out) -> int:
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    reason = error_line(exc)
     out(f"{_label(target, dbs)}: FAILED: {reason}")
     return 1
 

@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.clock import Clock, SystemClock
-from bgworkers.db import is_sqlite
+from bgworkers.db import error_line, is_sqlite
 from bgworkers.explain_rules import Judge, describe_format
 from bgworkers.explain_text import render
 from bgworkers.jobs.serial_checks import as_text, same_text
@@ -85,7 +85,7 @@ def explain(settings: Settings, dbs: Databases, serial: str, tenant_code: str | 
         out(f"bgworkers explain: {exc}")
         return 2
     except SQLAlchemyError as exc:
-        out(f"core: FAILED: {_reason(exc)}")
+        out(f"core: FAILED: {error_line(exc)}")
         return 1
     if as_json:
         out(json.dumps(as_dict(facts), default=_json_value, ensure_ascii=False))
@@ -112,7 +112,7 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
         with read_only(dbs.core) as conn:
             facts.registry = _registry(conn, serial)
     except SQLAlchemyError as exc:
-        facts.registry_error = _reason(exc)
+        facts.registry_error = error_line(exc)
     utc_now = clock.now().astimezone(UTC).replace(tzinfo=None)
     judge = Judge(settings, serial, facts.registry, facts.registry_error is None, utc_now)
     if facts.registry is not None:
@@ -123,7 +123,7 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
             with read_only(dbs.tenant(found.code)) as conn:
                 _read_tenant(conn, serial, found)
         except (SQLAlchemyError, BadInput) as exc:
-            found.error = _reason(exc)
+            found.error = error_line(exc)
             continue
         found.conclusions = judge.conclude(found.id, found.tokens, found.job_ticket_serial,
                                            found.outbox, found.quarantine)
@@ -252,7 +252,3 @@ def _json_value(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)  # Decimal and the like
-
-
-def _reason(exc: Exception) -> str:
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from bgworkers.db import db_now
+from bgworkers.db import db_now, error_line
 from bgworkers.jobs.base import LeaseLost
 from bgworkers.logs import get_logger
 from bgworkers.schema.own import lease as lease_table
@@ -97,7 +97,7 @@ class Leases:
                 conn.execute(delete(lease_table).where(self._where(lease)))  # type: ignore[arg-type]
         except SQLAlchemyError as exc:  # it expires by itself after the TTL
             log.warning("lease_release_failed", lease_group=lease.group, tenant=lease.tenant,
-                        error=str(exc).splitlines()[0])
+                        error=error_line(exc))
 
     def renew_all(self) -> None:
         with self._lock:
@@ -114,7 +114,7 @@ class Leases:
                         expires_at=db_now(engine, self.ttl))).rowcount
             except SQLAlchemyError as exc:
                 log.warning("lease_renew_failed", lease_group=lease.group, tenant=lease.tenant,
-                            error=str(exc).splitlines()[0])
+                            error=error_line(exc))
                 continue  # Lease.check() fails once a whole TTL passed without renewal
             if renewed == 1:
                 lease.renewed = started

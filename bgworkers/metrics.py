@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.alerts import OUTBOX_BACKLOG
+from bgworkers.db import error_line
 from bgworkers.logs import get_logger
 from bgworkers.outbox_admin import outbox_state
 from bgworkers.schema.tenant import (
@@ -90,7 +91,7 @@ class Metrics:
                         q.resolved_at.is_(None)).group_by(q.reason)).tuples()
                     reasons = {str(reason): int(count) for reason, count in rows}
             except SQLAlchemyError as exc:
-                log.warning("watch_failed", tenant=tenant.code, error=str(exc).splitlines()[0])
+                log.warning("watch_failed", tenant=tenant.code, error=error_line(exc))
                 continue
             for status in ("pending", "done", "dead"):
                 self.outbox.labels(tenant.code, status).set(getattr(state, status))

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.clock import Clock, SystemClock
+from bgworkers.db import error_line
 from bgworkers.jobs.outbox_sql import chunks, write_transaction
 from bgworkers.jobs.outbox_store import due
 from bgworkers.schema import core
@@ -46,7 +47,7 @@ def _known_tenant(settings: Settings, dbs: Databases, code: str, out: Out) -> bo
 
 
 def _failed(code: str, exc: SQLAlchemyError, out: Out) -> int:
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    reason = error_line(exc)
     out(f"tenant {code}: FAILED: {reason}")
     return 1
 
@@ -154,7 +155,7 @@ def stats(
                 out(f"tenant {problem.code}: {problem.error}")
             codes = [t.code for t in tenants]
     except SQLAlchemyError as exc:
-        out(f"core: FAILED: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
+        out(f"core: FAILED: {error_line(exc)}")
         return 1
     out(STATS_HEADER)
     status = 0

@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from bgworkers import alerts, history
 from bgworkers.clock import Clock, SystemClock
+from bgworkers.db import error_line
 from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost
 from bgworkers.leases import Lease, Leases
@@ -31,8 +32,7 @@ log = get_logger("bgworkers.runner")
 
 
 def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {error_line(exc)}"
 
 
 @dataclass
@@ -86,7 +86,8 @@ class Runner:
         self.dbs = Databases(settings)
         self.leases = Leases(lambda: self.dbs.coordination, f"{self.host}:{self.pid}",
                              settings.scheduler.lease_ttl.total_seconds())
-        self.pool = ThreadPoolExecutor(settings.scheduler.max_workers, "tenant")
+        self.workers = settings.scheduler.max_workers
+        self.pool = ThreadPoolExecutor(self.workers, "tenant")
         self.stopping = threading.Event()
         self.metrics: Metrics | None = None  # the daemon's; run-once has none
         self.last_error: str | None = None
@@ -99,8 +100,9 @@ class Runner:
         self.settings = settings
         self.dbs = Databases(settings)
         self.leases.ttl = settings.scheduler.lease_ttl.total_seconds()
-        if settings.scheduler.max_workers != old_pool._max_workers:
-            self.pool = ThreadPoolExecutor(settings.scheduler.max_workers, "tenant")
+        if settings.scheduler.max_workers != self.workers:
+            self.workers = settings.scheduler.max_workers
+            self.pool = ThreadPoolExecutor(self.workers, "tenant")
             old_pool.shutdown(wait=False)
         old_dbs.dispose()  # connections still checked out close when returned
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from bgworkers.clock import FixedClock
 from bgworkers.jobs.base import JobContext
@@ -43,3 +44,19 @@ def std(seq: int, ptype: str = "hatthasilpa", code: str = "BLVR") -> str:
 def bad_check(serial: str) -> str:
     """The same serial with a wrong check character."""
     return serial[:-1] + ("0" if serial[-1] != "0" else "1")
+
+
+def table_digest(engines: dict[str, Any]) -> dict[str, str]:
+    """A checksum of every table of each labelled database (row order ignored)."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    out = {}
+    for label, engine in engines.items():
+        with engine.connect() as conn:
+            for name in sorted(sa.inspect(conn).get_table_names()):
+                rows = conn.execute(sa.text(f"SELECT * FROM {name}")).all()
+                text = "\n".join(sorted(repr(tuple(r)) for r in rows))
+                out[f"{label}.{name}"] = hashlib.sha256(text.encode()).hexdigest()
+    return out

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from bgworkers.db import error_line
 from bgworkers.jobs.outbox_sql import (
     CHUNK,
     chunks,
@@ -184,7 +185,7 @@ def _linkable(state: RegistryState, tenant_id: int) -> bool:
 
 
 def _core_error(exc: OperationalError) -> CoreUnavailable:
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    reason = error_line(exc)
     return CoreUnavailable(f"core database: {reason}")
 
 

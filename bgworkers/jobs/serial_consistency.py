@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Row, Select
 from sqlalchemy.exc import SQLAlchemyError
 
+from bgworkers.db import error_line
 from bgworkers.jobs.base import Counters, JobContext
 from bgworkers.jobs.serial_checks import (
     FINISHED_TICKET_STATUSES,
@@ -223,7 +224,7 @@ class _Check:
         except SQLAlchemyError as exc:
             self.core_ok = False
             self.counts["errors"] += 1
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            reason = error_line(exc)
             self.ctx.log.warning("serial_registry_unavailable", error=reason,
                                  skipped="registry and hash checks for the rest of this run")
             return None

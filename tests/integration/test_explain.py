@@ -8,7 +8,6 @@ Explain never writes: table checksums are compared before and after.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, write_settings
-from jobs_helpers import bad_check, make_context, std
+from jobs_helpers import bad_check, make_context, std, table_digest
 
 from bgworkers import dbadmin
 from bgworkers.clock import FixedClock
@@ -154,14 +153,7 @@ class World:
 
 def digest(dbs: Databases, codes: tuple[str, ...]) -> dict[str, str]:
     """A checksum of every table of core and the tenants (row order ignored)."""
-    out = {}
-    for label, engine in [("core", dbs.core)] + [(c, dbs.tenant(c)) for c in codes]:
-        with engine.connect() as conn:
-            for name in sorted(sa.inspect(conn).get_table_names()):
-                rows = conn.execute(sa.text(f"SELECT * FROM {name}")).all()
-                text = "\n".join(sorted(repr(tuple(r)) for r in rows))
-                out[f"{label}.{name}"] = hashlib.sha256(text.encode()).hexdigest()
-    return out
+    return table_digest({"core": dbs.core, **{c: dbs.tenant(c) for c in codes}})
 
 
 @pytest.fixture

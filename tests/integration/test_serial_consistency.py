@@ -8,7 +8,6 @@ and the two tokens of the duplicate sit on different pages.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, write_settings
-from jobs_helpers import alert_level, bad_check, make_context, std
+from jobs_helpers import alert_level, bad_check, make_context, std, table_digest
 
 from bgworkers import dbadmin
 from bgworkers.jobs import serial_consistency
@@ -139,15 +138,8 @@ class Scenario:
 
     def digest(self) -> dict[str, str]:
         """A checksum of every table of every database (row order ignored)."""
-        out = {}
-        for label, engine in (("core", self.dbs.core), ("DEFAULT", self.dbs.tenant("DEFAULT")),
-                              ("maison", self.dbs.tenant("maison_atelier"))):
-            with engine.connect() as conn:
-                for name in sorted(sa.inspect(conn).get_table_names()):
-                    rows = conn.execute(sa.text(f"SELECT * FROM {name}")).all()
-                    text = "\n".join(sorted(repr(tuple(r)) for r in rows))
-                    out[f"{label}.{name}"] = hashlib.sha256(text.encode()).hexdigest()
-        return out
+        return table_digest({"core": self.dbs.core, "DEFAULT": self.dbs.tenant("DEFAULT"),
+                             "maison": self.dbs.tenant("maison_atelier")})
 
     def rows(self, table: sa.Table, code: str = "DEFAULT") -> list[Any]:
         with self.dbs.tenant(code).connect() as conn:
