@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
-from bgworkers.jobs.outbox_sql import chunks, write_transaction
+from bgworkers.jobs.outbox_sql import ids_of, write_transaction
 from bgworkers.jobs.outbox_store import due
 from bgworkers.schema import core
 from bgworkers.schema.tenant import serial_link_outbox as outbox
@@ -25,6 +25,7 @@ from bgworkers.tenancy import Databases, discover
 
 Out = Callable[[str], None]
 SHOWN_IDS = 20  # ids listed in a requeue message; more are counted
+_IDS = ids_of("ids")
 
 
 def _utc_now(clock: Clock) -> datetime:
@@ -78,15 +79,13 @@ def requeue(
         now = _utc_now(clock or SystemClock())
         with write_transaction(dbs.tenant(tenant_code)) as conn:
             dead, problems = _dead_rows(conn, None if all_dead else ids)
-            if not dry_run:
-                for part in chunks(dead):
-                    conn.execute(
-                        update(outbox)
-                        .where(outbox.c.id.in_(part), outbox.c.status == "dead")
-                        .values(
-                            status="pending", retry_count=0, next_attempt_at=None, updated_at=now
-                        )
-                    )
+            if not dry_run and dead:
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == _IDS.c.id, outbox.c.status == "dead")
+                    .values(status="pending", retry_count=0, next_attempt_at=None, updated_at=now),
+                    _IDS.bind(conn, [(i,) for i in dead]),
+                )
     except SQLAlchemyError as exc:
         return _failed(tenant_code, exc, out)
     for problem in problems:
@@ -105,11 +104,9 @@ def _dead_rows(conn: Connection, ids: list[int] | None) -> tuple[list[int], list
     if ids is None:
         return list(conn.execute(query.where(outbox.c.status == "dead")).scalars()), []
     wanted = sorted(set(ids))
-    found: dict[int, str] = {}
-    for part in chunks(wanted):
-        found.update(
-            (int(r.id), str(r.status)) for r in conn.execute(query.where(outbox.c.id.in_(part)))
-        )
+    named = query.where(outbox.c.id == _IDS.c.id)
+    rows = conn.execute(named, _IDS.bind(conn, [(i,) for i in wanted]))
+    found = {int(r.id): str(r.status) for r in rows}
     problems = [
         f"id {i}: no such outbox row"
         if i not in found
@@ -195,5 +192,4 @@ def _stats_line(dbs: Databases, code: str, now: datetime) -> str:
     state = outbox_state(dbs, code, now)
     oldest = state.oldest_pending
     age = f"{format_age(now - oldest)} (since {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else "-"
-    return (f"{code:<20} {state.pending:>8} {state.due:>8} {state.done:>10} {state.dead:>8}  "
-            f"{age}")
+    return f"{code:<20} {state.pending:>8} {state.due:>8} {state.done:>10} {state.dead:>8}  {age}"

@@ -1,43 +1,34 @@
 """Statements of the serial link outbox: claim due rows, link in core, write outcomes.
 
-Built from `outbox_sql` (which holds the dialect differences); every statement
-that binds a list is built once per padded size and cached.
+Every batch is bound as one JSON parameter (`outbox_sql.json_rows`), so each
+step is one statement whatever the batch size.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Connection,
     DateTime,
     Engine,
-    Select,
-    Update,
+    String,
     and_,
     bindparam,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.exc import OperationalError
 
 from bgworkers.db import error_line
-from bgworkers.jobs.outbox_sql import (
-    CHUNK,
-    chunks,
-    int_key_lookup,
-    list_params,
-    lookup_params,
-    one_of,
-    padded,
-    write_transaction,
-)
+from bgworkers.jobs.outbox_sql import ids_of, json_rows, write_transaction
 from bgworkers.schema.core import serial_registry as registry
 from bgworkers.schema.tenant import serial_link_outbox as outbox
 
@@ -62,7 +53,6 @@ class Item(NamedTuple):
 class RegistryState(NamedTuple):
     """A `serial_registry` row as it is after linking."""
 
-    id: int
     tenant_id: int
     production_type: str
     dag_token_id: int | None
@@ -99,13 +89,13 @@ def due_items(conn: Connection, now: datetime, limit: int) -> list[Item]:
     )
 
 
-@functools.lru_cache(maxsize=16)
-def _claim_statement(size: int) -> Select[Any]:
-    return (
-        select(*_ITEM_COLUMNS)
-        .where(one_of(outbox.c.id, "id", size), due(bindparam("now", type_=DateTime())))
-        .with_for_update(skip_locked=True)
-    )
+_CANDIDATES = ids_of("candidates")
+_CLAIM = (
+    select(*_ITEM_COLUMNS)
+    .select_from(_CANDIDATES.join(outbox, outbox.c.id == _CANDIDATES.c.id))
+    .where(due(bindparam("now", type_=DateTime())))
+    .with_for_update(skip_locked=True)
+)
 
 
 def claim(conn: Connection, now: datetime, limit: int) -> list[Item]:
@@ -113,7 +103,8 @@ def claim(conn: Connection, now: datetime, limit: int) -> list[Item]:
 
     A plain read picks candidates in order through the (status, next_attempt_at)
     index; the locking read then takes them by primary key, re-checking that they
-    are still due, so only claimed rows are ever locked.
+    are still due, as many as are still wanted at a time, so only claimed rows
+    are ever locked.
     """
     candidates: list[int] = list(
         conn.execute(
@@ -128,13 +119,10 @@ def claim(conn: Connection, now: datetime, limit: int) -> list[Item]:
     claimed: list[Item] = []
     position = 0
     while position < len(candidates) and len(claimed) < limit:
-        take = min(limit - len(claimed), CHUNK)
-        ids = candidates[position : position + take]
-        position += take
-        size = padded(len(ids))
-        claimed += _items(
-            conn.execute(_claim_statement(size), {"now": now, **list_params("id", ids, size)}).all()
-        )
+        ids = candidates[position : position + limit - len(claimed)]
+        position += len(ids)
+        params = {"now": now, **_CANDIDATES.bind(conn, [(i,) for i in ids])}
+        claimed += _items(conn.execute(_CLAIM, params).all())
     rank = {row_id: n for n, row_id in enumerate(candidates)}
     return sorted(claimed, key=lambda item: rank[item.id])
 
@@ -148,32 +136,81 @@ def _first_tokens(items: Sequence[Item]) -> dict[str, int]:
     return tokens
 
 
-@functools.lru_cache(maxsize=32)
-def _registry_query(size: int, lock: bool) -> Select[Any]:
-    query = select(
-        registry.c.serial_code,
-        registry.c.id_serial,
-        registry.c.tenant_id,
-        registry.c.production_type,
-        registry.c.dag_token_id,
-    ).where(one_of(registry.c.serial_code, "serial", size))
-    return query.with_for_update() if lock else query
+_LINKS = json_rows("links", ("serial", registry.c.serial_code.type), ("token", BigInteger()))
+_LINK = (
+    update(registry)
+    .where(
+        registry.c.serial_code == _LINKS.c.serial,
+        registry.c.tenant_id == bindparam("tenant"),
+        registry.c.dag_token_id.is_(None),
+        registry.c.production_type == HATTHASILPA,
+    )
+    .values(dag_token_id=_LINKS.c.token)
+)
+_STATES = select(
+    registry.c.serial_code,
+    registry.c.tenant_id,
+    # read as plain text: the Enum result processor would cost more than the read
+    type_coerce(registry.c.production_type, String()),
+    registry.c.dag_token_id,
+).select_from(_LINKS.join(registry, registry.c.serial_code == _LINKS.c.serial))
 
 
-def _read_registry(
-    conn: Connection, serials: Sequence[str], lock: bool = False
-) -> dict[str, RegistryState]:
-    states = {}
-    for part in chunks(serials):
-        size = padded(len(part))
-        rows: Iterable[Any] = conn.execute(
-            _registry_query(size, lock), list_params("serial", part, size)
-        ).all()
-        for serial, id_serial, tenant_id, ptype, token in rows:
-            states[str(serial)] = RegistryState(
-                int(id_serial), int(tenant_id), str(ptype), None if token is None else int(token)
-            )
-    return states
+def _read_registry(conn: Connection, links: Mapping[str, str]) -> dict[str, RegistryState]:
+    rows: Iterable[Any] = conn.execute(_STATES, links)
+    return {
+        str(serial): RegistryState(int(tenant), str(ptype), None if token is None else int(token))
+        for serial, tenant, ptype, token in rows
+    }
+
+
+def _core_error(exc: OperationalError) -> CoreUnavailable:
+    return CoreUnavailable(f"core database: {error_line(exc)}")
+
+
+def _bind_links(conn: Connection, tokens: Mapping[str, int]) -> dict[str, str]:
+    # ascending serials: concurrent workers lock shared registry rows in one order
+    return _LINKS.bind(conn, sorted(tokens.items()))
+
+
+def link(core: Engine, tenant_id: int, items: Sequence[Item]) -> dict[str, RegistryState]:
+    """Link each serial to its token in core; return the registry state of every serial.
+
+    One UPDATE in one core transaction links every serial of the batch to its
+    token, guarded by the tenant, the production type and `dag_token_id IS
+    NULL`: an existing link is never overwritten, so running it again after a
+    crash changes nothing.  When it linked every serial, that is their state;
+    otherwise the registry rows are read back in the same transaction and decide.
+    """
+    tokens = _first_tokens(items)
+    if not tokens:
+        return {}
+    try:
+        with write_transaction(core) as conn:
+            links = _bind_links(conn, tokens)
+            if conn.execute(_LINK, {"tenant": tenant_id, **links}).rowcount == len(tokens):
+                return {serial: _linked(tenant_id, token) for serial, token in tokens.items()}
+            return _read_registry(conn, links)
+    except OperationalError as exc:
+        raise _core_error(exc) from exc
+
+
+def simulate_link(core: Engine, tenant_id: int, items: Sequence[Item]) -> dict[str, RegistryState]:
+    """What `link` would return, from a plain read of the registry (dry run)."""
+    tokens = _first_tokens(items)
+    try:
+        with core.connect() as conn:
+            states = _read_registry(conn, _bind_links(conn, tokens))
+    except OperationalError as exc:
+        raise _core_error(exc) from exc
+    return {
+        serial: _linked(tenant_id, tokens[serial]) if _linkable(state, tenant_id) else state
+        for serial, state in states.items()
+    }
+
+
+def _linked(tenant_id: int, token: int) -> RegistryState:
+    return RegistryState(tenant_id, HATTHASILPA, token)
 
 
 def _linkable(state: RegistryState, tenant_id: int) -> bool:
@@ -184,113 +221,34 @@ def _linkable(state: RegistryState, tenant_id: int) -> bool:
     )
 
 
-def _core_error(exc: OperationalError) -> CoreUnavailable:
-    reason = error_line(exc)
-    return CoreUnavailable(f"core database: {reason}")
-
-
-@functools.lru_cache(maxsize=32)
-def _link_statement(size: int) -> Update:
-    return (
-        update(registry)
-        .where(
-            one_of(registry.c.id_serial, "link_k", size),
-            registry.c.tenant_id == bindparam("link_tenant"),
-            registry.c.dag_token_id.is_(None),
-            registry.c.production_type == HATTHASILPA,
-        )
-        .values(
-            dag_token_id=int_key_lookup(
-                registry.c.id_serial, "link", size, registry.c.dag_token_id.type
-            )
-        )
+_DONE_IDS = ids_of("done")
+_DONE = (
+    update(outbox)
+    .where(outbox.c.id == _DONE_IDS.c.id, outbox.c.status == "pending")
+    .values(
+        status="done",
+        next_attempt_at=None,
+        updated_at=bindparam("now", type_=outbox.c.updated_at.type),
     )
-
-
-def link(core: Engine, tenant_id: int, items: Sequence[Item]) -> dict[str, RegistryState]:
-    """Link each serial to its token in core; return the registry state of every serial.
-
-    In one core transaction: read the registry rows of the batch, locked
-    (FOR UPDATE; SQLite's write lock), then one UPDATE per chunk of the linkable
-    ones, a lookup on the primary key giving each its token, still guarded by the
-    tenant, the production type and `dag_token_id IS NULL`.  An existing link is
-    never overwritten, so running it again after a crash changes nothing.  Should
-    an UPDATE match fewer rows than were read as linkable, the registry is read
-    again and that state decides.
-    """
-    tokens = _first_tokens(items)
-    if not tokens:
-        return {}
-    try:
-        with write_transaction(core) as conn:
-            # ascending serials: concurrent workers lock shared rows in one order
-            states = _read_registry(conn, sorted(tokens), lock=True)
-            linkable = [
-                (state.id, tokens[serial])
-                for serial, state in states.items()
-                if _linkable(state, tenant_id)
-            ]
-            matched = 0
-            for part in chunks(linkable):
-                size = padded(len(part))
-                params = {"link_tenant": tenant_id, **lookup_params("link", part, size)}
-                matched += conn.execute(_link_statement(size), params).rowcount
-            if matched != len(linkable):
-                return _read_registry(conn, list(tokens))
-    except OperationalError as exc:
-        raise _core_error(exc) from exc
-    return {
-        serial: _linked(state, tokens[serial]) if _linkable(state, tenant_id) else state
-        for serial, state in states.items()
-    }
-
-
-def _linked(state: RegistryState, token: int) -> RegistryState:
-    return RegistryState(state.id, state.tenant_id, state.production_type, token)
-
-
-def simulate_link(core: Engine, tenant_id: int, items: Sequence[Item]) -> dict[str, RegistryState]:
-    """What `link` would return, from a plain read of the registry (dry run)."""
-    tokens = _first_tokens(items)
-    try:
-        with core.connect() as conn:
-            states = _read_registry(conn, list(tokens))
-    except OperationalError as exc:
-        raise _core_error(exc) from exc
-    return {
-        serial: _linked(state, tokens[serial]) if _linkable(state, tenant_id) else state
-        for serial, state in states.items()
-    }
-
-
-@functools.lru_cache(maxsize=16)
-def _done_statement(size: int) -> Update:
-    return (
-        update(outbox)
-        .where(one_of(outbox.c.id, "id", size), outbox.c.status == "pending")
-        .values(
-            status="done",
-            next_attempt_at=None,
-            updated_at=bindparam("now", type_=outbox.c.updated_at.type),
-        )
+)
+_FAILURES = json_rows(
+    "failures",
+    ("id", BigInteger()),
+    ("status", String(16)),
+    ("error", outbox.c.last_error.type),
+    ("retry_at", outbox.c.next_attempt_at.type),
+)
+_FAILED = (
+    update(outbox)
+    .where(outbox.c.id == _FAILURES.c.id, outbox.c.status == "pending")
+    .values(
+        status=_FAILURES.c.status,
+        last_error=_FAILURES.c.error,
+        next_attempt_at=_FAILURES.c.retry_at,
+        retry_count=outbox.c.retry_count + 1,
+        updated_at=bindparam("now", type_=outbox.c.updated_at.type),
     )
-
-
-@functools.lru_cache(maxsize=16)
-def _failure_statement(size: int) -> Update:
-    return (
-        update(outbox)
-        .where(one_of(outbox.c.id, "status_k", size), outbox.c.status == "pending")
-        .values(
-            status=int_key_lookup(outbox.c.id, "status", size, outbox.c.status.type),
-            last_error=int_key_lookup(outbox.c.id, "error", size, outbox.c.last_error.type),
-            next_attempt_at=int_key_lookup(
-                outbox.c.id, "retry_at", size, outbox.c.next_attempt_at.type
-            ),
-            retry_count=outbox.c.retry_count + 1,
-            updated_at=bindparam("now", type_=outbox.c.updated_at.type),
-        )
-    )
+)
 
 
 def record(
@@ -299,13 +257,9 @@ def record(
     failed: Mapping[int, tuple[str, str, datetime | None]],
     now: datetime,
 ) -> None:
-    """Write the outcome of claimed rows: a few set-based UPDATEs, guarded by `pending`."""
-    for part in chunks(done):
-        size = padded(len(part))
-        conn.execute(_done_statement(size), {"now": now, **list_params("id", part, size)})
-    for part in chunks(list(failed)):
-        size = padded(len(part))
-        params: dict[str, Any] = {"now": now}
-        for field, name in enumerate(("status", "error", "retry_at")):
-            params.update(lookup_params(name, [(i, failed[i][field]) for i in part], size))
-        conn.execute(_failure_statement(size), params)
+    """Write the outcome of claimed rows: two set-based UPDATEs, guarded by `pending`."""
+    if done:
+        conn.execute(_DONE, {"now": now, **_DONE_IDS.bind(conn, [(i,) for i in done])})
+    if failed:
+        rows = [(i, *outcome) for i, outcome in failed.items()]
+        conn.execute(_FAILED, {"now": now, **_FAILURES.bind(conn, rows)})

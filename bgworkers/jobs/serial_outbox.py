@@ -5,10 +5,11 @@ in UTC, like every serial table), oldest first, at most `batch_size`, and claims
 no other worker takes them (see `outbox_store.claim`).  The claim is held until
 the outcome of every claimed row is written in the same tenant transaction.
 
-Linking is set-based (`outbox_store.link`): in one core transaction the
-registry rows of the batch are read and locked, then one UPDATE per chunk links
-the linkable ones, guarded by the tenant, the production type and
-`dag_token_id IS NULL`.  Each row is then classified from that registry state:
+Linking is set-based (`outbox_store.link`): one UPDATE in one core
+transaction links the whole batch, guarded by the tenant, the production type
+and `dag_token_id IS NULL`; unless it linked every serial, the registry rows are
+read back in that transaction.  Each row is then classified from that registry
+state:
 
 - linked to its own token: `done` (also when it already was: idempotent);
 - linked to another token, or production type not hatthasilpa: `dead` at once,
