@@ -13,7 +13,10 @@ it has about 6.8 M events (its knobs cannot give 20,000 live tokens with only
 2 M events).  Printed: the fast tier (target <= 1 s), all five tables (target
 <= 3 s), and per table the refresh against one scan of the same source rows with
 the same filters, i.e. the same FROM/JOIN/WHERE counted without grouping,
-windows, team attribution or writes (target <= 3x).
+windows, team attribution or writes (target <= 3x).  For mv_cycle_time_analytics
+those are the token events of its 7 days: its refresh reads the visits recorded
+in bgw_node_visit and pairs only the latest exits again, as every refresh after
+the first does (the first, which records the whole week, is printed apart).
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def ensure_data(settings: Settings, dbs: Databases, demo: bool) -> None:
     tokens = _tokens(dbs)
     if tokens >= dashboard_tenant.TOKENS:
         print(f"data: reusing the existing tenant ({tokens:,} tokens)")
+        if dbadmin.upgrade(settings, dbs, None, False, lambda _: None):
+            sys.exit("could not bring the kept databases' schema up to date")
         return
     started = time.monotonic()
     if demo:
@@ -300,6 +305,14 @@ def main() -> None:
             return run
 
         describe(dbs.tenant("DEFAULT"), tuple(settings.erp.live_token_statuses))
+        with dbs.tenant("DEFAULT").begin() as conn:  # as after installation
+            conn.execute(sa.delete(t.node_visit))
+        started = time.perf_counter()
+        tick("dashboard_medium")()
+        print(
+            f"first cycle-time refresh, recording the week's visits: "
+            f"{time.perf_counter() - started:.3f} s (once; later refreshes add new ones)"
+        )
         print(f"\nrefresh times, median (best) of {args.repeat} after a warm-up:")
         fast = timed(tick("dashboard_fast"), args.repeat)
         print(f"  fast tier, 3 tables: {fast[0]:.3f} s ({fast[1]:.3f})   target <= 1 s")

@@ -57,6 +57,10 @@ class SummaryTable:
     table: Table
     build: Build
     expired: Expired
+    #: writes what `build` reads, in its own transaction just before the snapshot's
+    #: (InnoDB reading index pages that its own open transaction changed checks
+    #: every row there against the table: seconds, not milliseconds)
+    prepare: Callable[[Moment, Connection], None] | None = None
 
 
 def _older_than(table: Table, keep: timedelta) -> Expired:
@@ -85,8 +89,9 @@ TABLES: dict[str, SummaryTable] = {
     ),
     "mv_cycle_time_analytics": SummaryTable(
         tenant.mv_cycle_time_analytics,
-        _now(cycle.cycle_time_analytics),
+        cycle.cycle_time_analytics,
         _older_than(tenant.mv_cycle_time_analytics, timedelta(days=cycle.CYCLE_DAYS)),
+        prepare=cycle.record_visits,
     ),
     "mv_dashboard_trends": SummaryTable(
         tenant.mv_dashboard_trends, trends.dashboard_trends, trends.trends_expired
@@ -145,11 +150,16 @@ def refresh(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> tuple
     if ctx.dry_run:
         return _would(ctx.db, spec, m)
     ctx.check_lease()
-    with _session(ctx.db) as conn, conn.begin():
-        replaced = conn.execute(
-            delete(spec.table).where(spec.table.c.snapshot_at >= m.snapshot_at)
-        ).rowcount
-        written = sum(conn.execute(stmt).rowcount for stmt in spec.build(m, conn))
+    with _session(ctx.db) as conn:
+        if spec.prepare is not None:
+            with conn.begin():
+                spec.prepare(m, conn)
+            ctx.check_lease()
+        with conn.begin():
+            replaced = conn.execute(
+                delete(spec.table).where(spec.table.c.snapshot_at >= m.snapshot_at)
+            ).rowcount
+            written = sum(conn.execute(stmt).rowcount for stmt in spec.build(m, conn))
     return written, replaced + purge(ctx, spec, m, batch)
 
 
@@ -173,21 +183,26 @@ def purge(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> int:
 #: MySQL/MariaDB in-memory temporary table limit for the refresh's own session (the
 #: server default, often 16 MB, sends the window sorts of a big tenant to disk)
 WORK_MEMORY = 256 * 1024 * 1024
+#: ... and the longest GROUP_CONCAT (a node's visit durations in order; the default
+#: 1 MB would cut them short), the largest the server accepts
+LIST_MAX = 4294967295
 
 
 @contextmanager
 def _session(engine: Engine) -> Iterator[Connection]:
     """A connection for one refresh.  On MySQL/MariaDB: READ COMMITTED, so that the
     INSERT ... SELECT reads the ERP tables without locking them (REPEATABLE READ
-    would hold shared locks on every scanned source row until commit), and
-    WORK_MEMORY for temporary tables, given back when done."""
+    would hold shared locks on every scanned source row until commit),
+    WORK_MEMORY for temporary tables and LIST_MAX for GROUP_CONCAT, given back
+    when done."""
     with engine.connect() as conn:
         if is_sqlite(engine.url):
             yield conn
             return
         conn.execution_options(isolation_level="READ COMMITTED")
         conn.exec_driver_sql(
-            f"SET SESSION tmp_table_size = {WORK_MEMORY}, max_heap_table_size = {WORK_MEMORY}"
+            f"SET SESSION tmp_table_size = {WORK_MEMORY}, max_heap_table_size = {WORK_MEMORY}, "
+            f"group_concat_max_len = {LIST_MAX}"
         )
         conn.commit()
         try:
@@ -196,7 +211,8 @@ def _session(engine: Engine) -> Iterator[Connection]:
             try:
                 conn.rollback()
                 conn.exec_driver_sql(
-                    "SET SESSION tmp_table_size = DEFAULT, max_heap_table_size = DEFAULT"
+                    "SET SESSION tmp_table_size = DEFAULT, max_heap_table_size = DEFAULT, "
+                    "group_concat_max_len = DEFAULT"
                 )
                 conn.commit()
             except SQLAlchemyError:
@@ -204,7 +220,10 @@ def _session(engine: Engine) -> Iterator[Connection]:
 
 
 def _would(engine: Engine, spec: SummaryTable, m: Moment) -> tuple[int, int]:
+    """Counts from plain reads; `prepare` writes in a transaction that is rolled back."""
     with _session(engine) as conn:
+        if spec.prepare is not None:
+            spec.prepare(m, conn)
         written = 0
         for stmt in spec.build(m, conn):
             rows = stmt.select

@@ -8,8 +8,14 @@ team of the exiting operator (node NULL; operators without a team are in the
 node rows only).  token_count is the number of visits; p50/p95 interpolate like
 PERCENTILE_CONT; all figures are minutes, rounded half away from zero.
 
-An enter_node before the period is looked for only for the tokens in progress
-when the period began (flow_token: spawned before it, not completed before it).
+Pairing every event of seven days again at each refresh would cost seconds on a
+big tenant, so visits are recorded once in the project's table `bgw_node_visit`
+(`record_visits`, committed just before the snapshot): each refresh pairs again
+the exits from LOOKBACK before the latest recorded exit (all the window when the
+table is empty) and drops visits that left the window.  An exit whose
+event_time is more than LOOKBACK before an exit already recorded is not seen;
+emptying the table makes the next refresh record the window again.  The team of
+a visit is that of its operator when the visit was recorded.
 """
 
 from __future__ import annotations
@@ -18,70 +24,79 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
+    Connection,
     DateTime,
     Insert,
+    Select,
     Subquery,
     and_,
     case,
+    delete,
     func,
+    insert,
     literal,
-    literal_column,
     or_,
     select,
-    union_all,
 )
 
 from bgworkers.jobs.dashboard_sql import (
     Moment,
     cents,
     flag,
+    idiv,
     insert_snapshot,
     member_team,
     midnight,
+    nth,
+    ordered_list,
     seconds_between,
 )
-from bgworkers.schema.tenant import flow_token, mv_cycle_time_analytics, token_event
+from bgworkers.schema.tenant import mv_cycle_time_analytics, node_visit, token_event
 
 CYCLE_DAYS = 7  # visits that ended today or in the 6 days before; also the retention
+#: exits paired again at each refresh, before the latest one recorded (late events)
+LOOKBACK = timedelta(minutes=15)
 
 
 def cycle_period(m: Moment) -> tuple[datetime, datetime]:
     return midnight(m.today - timedelta(days=CYCLE_DAYS - 1)), m.snapshot_at
 
 
-def visits(start: datetime, end: datetime) -> Subquery:
-    """(node_id, operator_user_id, d seconds) of every visit whose exit is in [start, end].
+def visits(since: datetime, end: datetime) -> Subquery:
+    """(exit_event_id, node_id, operator_user_id, exited_at, d seconds) of every visit
+    whose exit is in [since, end].
 
-    The pairing (LAG per token and node) reads the period's enter/exit events, and
-    the earlier ones only of the tokens in progress when the period began (spawned
-    before it, not completed before it): only their visits can have entered
-    before the period.  Rows are kept narrow (is_exit instead of event_type) so
-    that the window sort stays in memory.
+    The pairing (LAG per token and node) reads the enter/exit events up to `end`
+    of the tokens that exited a node in that span.  Rows are kept narrow (is_exit
+    instead of event_type) so that the window sort stays in memory.
     """
-    e, t = token_event, flow_token
+    e = token_event
     node = case((e.c.event_type == "enter_node", e.c.to_node_id), else_=e.c.from_node_id)
-    columns = (
-        e.c.id_event,
-        e.c.id_token,
-        e.c.event_time,
-        e.c.operator_user_id,
-        node.label("node_id"),
-        flag(e.c.event_type == "exit_node").label("is_exit"),
-    )
-    moves = e.c.event_type.in_(("enter_node", "exit_node"))
-    in_progress = select(t.c.id_token).where(
-        t.c.spawned_at < start, or_(t.c.completed_at.is_(None), t.c.completed_at >= start)
+    exited = select(e.c.id_token).where(
+        e.c.event_type == "exit_node", e.c.event_time >= since, e.c.event_time <= end
     )
     ev = (
-        select(*columns)
-        .where(moves, e.c.event_time <= end)
-        .where(or_(e.c.event_time >= start, e.c.id_token.in_(in_progress)))
+        select(
+            e.c.id_event,
+            e.c.id_token,
+            e.c.event_time,
+            e.c.operator_user_id,
+            node.label("node_id"),
+            flag(e.c.event_type == "exit_node").label("is_exit"),
+        )
+        .where(
+            e.c.event_type.in_(("enter_node", "exit_node")),
+            e.c.event_time <= end,
+            e.c.id_token.in_(exited),
+        )
         .subquery("ev")
     )
     token_node, order = (ev.c.id_token, ev.c.node_id), (ev.c.event_time, ev.c.id_event)
     paired = (
         select(
+            ev.c.id_event,
             ev.c.node_id,
             ev.c.is_exit,
             ev.c.event_time,
@@ -98,9 +113,33 @@ def visits(start: datetime, end: datetime) -> Subquery:
     )
     p = paired.c
     return (
-        select(p.node_id, p.operator_user_id, seconds_between(p.prev_time, p.event_time).label("d"))
-        .where(p.is_exit == 1, p.prev_is_exit == 0, p.event_time >= start)
+        select(
+            p.id_event.label("exit_event_id"),
+            p.node_id,
+            p.operator_user_id,
+            p.event_time.label("exited_at"),
+            seconds_between(p.prev_time, p.event_time).label("d"),
+        )
+        .where(p.is_exit == 1, p.prev_is_exit == 0, p.event_time >= since)
         .subquery("visits")
+    )
+
+
+def record_visits(m: Moment, conn: Connection) -> None:
+    """Bring `bgw_node_visit` up to date for this refresh's window (see the module doc)."""
+    start, end = cycle_period(m)
+    v = node_visit
+    latest = conn.execute(select(func.max(v.c.exited_at))).scalar_one_or_none()
+    since = start if latest is None else max(start, min(latest, end) - LOOKBACK)
+    conn.execute(delete(v).where(or_(v.c.exited_at >= since, v.c.exited_at < start)))
+    new, mt = visits(since, end), member_team()
+    conn.execute(
+        insert(v).from_select(
+            ["exit_event_id", "node_id", "team_id", "exited_at", "seconds"],
+            select(new.c.exit_event_id, new.c.node_id, mt.c.id_team, new.c.exited_at, new.c.d)
+            .select_from(new.outerjoin(mt, mt.c.id_member == new.c.operator_user_id))
+            .where(new.c.exited_at <= end),
+        )
     )
 
 
@@ -119,61 +158,86 @@ def _weight(pct: int, rn: ColumnElement[Any], n: ColumnElement[Any]) -> ColumnEl
     )
 
 
-def cycle_time_analytics(m: Moment) -> list[Insert]:
-    start, end = cycle_period(m)
-    v = visits(start, end)
-    mt = member_team()
-    # every visit twice: kind 1 grouped by node, kind 2 by team (one window pass for both)
-    kinds = union_all(
-        select(literal_column("1").label("kind")), select(literal_column("2"))
-    ).subquery("kinds")
-    groupings = case((mt.c.id_team.is_(None), 1), else_=2)  # no team: the node row only
-    group = case((kinds.c.kind == 1, v.c.node_id), else_=mt.c.id_team)
-    both = (
-        select(kinds.c.kind, group.label("grp"), v.c.d)
-        .select_from(
-            v.outerjoin(mt, mt.c.id_member == v.c.operator_user_id).join(
-                kinds, kinds.c.kind <= groupings
-            )
-        )
-        .subquery("both")
-    )
-    part = (both.c.kind, both.c.grp)
-    ranked = select(
-        both.c.kind,
-        both.c.grp,
-        both.c.d,
-        func.row_number().over(partition_by=part, order_by=both.c.d).label("rn"),
-        func.count().over(partition_by=part).label("n"),
-    ).subquery("ranked")
-    r = ranked.c
-    sums = (
+def _percentile(pct: int, ordered: ColumnElement[Any], n: ColumnElement[Any]) -> Any:
+    """PERCENTILE_CONT(pct / 100) x100 of n values listed in order: exact, in integers.
+
+    Position h = pct * (n - 1) / 100 lies between the values at floor(h) and
+    floor(h) + 1 (0-based); t = 100 * h = pct * (n - 1).
+    """
+    t = pct * (n - 1)
+    at = idiv(t, 100)
+    low, high = nth(ordered, at), nth(ordered, func.least(at + 1, n - 1))
+    return 100 * low + (t - 100 * at) * (high - low)
+
+
+def _group_stats(group: Column[Any], native: bool) -> Subquery:
+    """(grp, n, p50 x100, p95 x100, total) of the recorded visits' seconds per `group`.
+
+    After `record_visits` the table holds exactly the window's visits.  On
+    MySQL/MariaDB each group's durations come in order from the (group, seconds)
+    index as one list (`ordered_list`), and the percentiles are read from it: no
+    sort, no window.  SQLite ranks them with ROW_NUMBER and weights instead.
+    """
+    v = node_visit
+    n, total = func.count().label("n"), func.sum(v.c.seconds).label("total")
+    if native:
+        g = (
+            select(group.label("grp"), n, total, ordered_list(v.c.seconds).label("ordered"))
+            .where(group.is_not(None))
+            .group_by(group)
+            .subquery("ordered")
+        ).c
+        return select(
+            g.grp,
+            g.n,
+            _percentile(50, g.ordered, g.n).label("p50"),
+            _percentile(95, g.ordered, g.n).label("p95"),
+            g.total,
+        ).subquery("stats")
+    ranked = (
         select(
-            r.kind,
+            group.label("grp"),
+            v.c.seconds.label("d"),
+            func.row_number().over(partition_by=group, order_by=v.c.seconds).label("rn"),
+            func.count().over(partition_by=group).label("n"),
+        )
+        .where(group.is_not(None))
+        .subquery("ranked")
+    )
+    r = ranked.c
+    return (
+        select(
             r.grp,
-            func.count().label("n"),
+            n,
             func.sum(r.d * _weight(50, r.rn, r.n)).label("p50"),
             func.sum(r.d * _weight(95, r.rn, r.n)).label("p95"),
             func.sum(r.d).label("total"),
         )
-        .group_by(r.kind, r.grp)
-        .subquery("sums")
+        .group_by(r.grp)
+        .subquery("stats")
     )
-    g = sums.c
-    rows = select(
-        m.at(),
-        case((g.kind == 1, g.grp)),
-        case((g.kind == 2, g.grp)),
-        literal(start, DateTime()),
-        literal(end, DateTime()),
-        g.n,
-        cents(g.p50, 6000),
-        cents(g.p95, 6000),
-        cents(g.total, 60 * g.n),
-    )
-    return [
-        insert_snapshot(
-            mv_cycle_time_analytics,
-            rows,
+
+
+def cycle_time_analytics(m: Moment, conn: Connection) -> list[Insert]:
+    """One INSERT of the node rows, one of the team rows, from `bgw_node_visit`."""
+    start, end = cycle_period(m)
+    native = conn.dialect.name == "mysql"
+
+    def rows(group: Column[Any], by_node: bool) -> Select[Any]:
+        g = _group_stats(group, native).c
+        return select(
+            m.at(),
+            g.grp if by_node else literal(None),
+            literal(None) if by_node else g.grp,
+            literal(start, DateTime()),
+            literal(end, DateTime()),
+            g.n,
+            cents(g.p50, 6000),
+            cents(g.p95, 6000),
+            cents(g.total, 60 * g.n),
         )
+
+    return [
+        insert_snapshot(mv_cycle_time_analytics, rows(node_visit.c.node_id, True)),
+        insert_snapshot(mv_cycle_time_analytics, rows(node_visit.c.team_id, False)),
     ]

@@ -2,8 +2,10 @@
 rounding and team attribution.
 
 Everything here is SQLAlchemy Core that runs on MySQL/MariaDB and SQLite.  The
-few dialect differences are the three constructs at the top (integer division,
-seconds between two timestamps, a day number); each compiles per dialect.
+few dialect differences are the constructs at the top (integer division,
+seconds between two timestamps, a day number), each compiled per dialect, and
+two for MySQL/MariaDB only (a group's values as one ordered list, the n-th of
+them: percentiles without a window sort).
 
 Numbers are computed in integer arithmetic and rounded once, half away from
 zero, to two decimals (`cents`), so that both backends give the same rows.
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Numeric,
     ScalarSelect,
     Select,
+    String,
     Subquery,
     Table,
     case,
@@ -128,6 +131,34 @@ def _day_number(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
 def _day_number_mysql(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
     (a,) = _args(element, compiler, **kw)
     return f"TO_DAYS({a})"
+
+
+class ordered_list(FunctionElement[str]):
+    """MySQL/MariaDB only: a group's integer values in ascending order, as one text list."""
+
+    type = String()
+    name = "ordered_list"
+    inherit_cache = True
+
+
+class nth(FunctionElement[int]):
+    """MySQL/MariaDB only: the value at 0-based position i of an `ordered_list`."""
+
+    type = Integer()
+    name = "nth"
+    inherit_cache = True
+
+
+@compiles(ordered_list, "mysql")
+def _ordered_list(element: ordered_list, compiler: SQLCompiler, **kw: Any) -> str:
+    (a,) = _args(element, compiler, **kw)
+    return f"GROUP_CONCAT({a} ORDER BY {a} SEPARATOR ',')"
+
+
+@compiles(nth, "mysql")
+def _nth(element: nth, compiler: SQLCompiler, **kw: Any) -> str:
+    values, i = _args(element, compiler, **kw)
+    return f"CAST(SUBSTRING_INDEX(SUBSTRING_INDEX({values}, ',', ({i}) + 1), ',', -1) AS SIGNED)"
 
 
 # --- shared pieces ----------------------------------------------------------------------

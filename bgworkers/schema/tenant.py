@@ -3,7 +3,8 @@
 `define(metadata, erp_baseline=True)` gives the tables as the ERP ships them;
 the default (full) form adds what this project's migrations add:
 `serial_link_outbox.next_attempt_at` and its index, three quarantine reasons,
-and `mv_dashboard_trends`.  ERP timestamps are naive local time of the ERP.
+`mv_dashboard_trends`, and `bgw_node_visit`, the project's record of node visits
+for `mv_cycle_time_analytics`.  ERP timestamps are naive local time of the ERP.
 """
 
 from sqlalchemy import (
@@ -212,6 +213,19 @@ def define(metadata: MetaData, erp_baseline: bool = False) -> MetaData:
             Column("avg_lead_time_hours", Numeric(12, 2)),
             Column("throughput_per_day", Numeric(12, 2)),
         )
+        # node visits of the cycle-time window, kept up to date by its refresh
+        Table(
+            "bgw_node_visit", metadata,
+            Column("exit_event_id", BigId, primary_key=True, autoincrement=False),
+            Column("node_id", Integer, nullable=False),
+            Column("team_id", Integer),  # the exiting operator's team when recorded
+            Column("exited_at", DateTime, nullable=False),
+            Column("seconds", Integer, nullable=False),
+            Index("ix_bgw_node_visit_exited", "exited_at"),
+            # each group's durations in order: percentiles without a sort
+            Index("ix_bgw_node_visit_node", "node_id", "seconds"),
+            Index("ix_bgw_node_visit_team", "team_id", "seconds"),
+        )
     return metadata
 
 
@@ -228,4 +242,5 @@ mv_token_flow_summary, mv_node_bottlenecks, mv_team_workload = (
     t["mv_token_flow_summary"], t["mv_node_bottlenecks"], t["mv_team_workload"])
 mv_cycle_time_analytics, mv_dashboard_trends = (
     t["mv_cycle_time_analytics"], t["mv_dashboard_trends"])
+node_visit = t["bgw_node_visit"]
 del t

@@ -27,6 +27,7 @@ from dashboard_data import (
     TRENDS,
     WORKLOAD,
     D,
+    event_row,
     keyed,
     latest,
     load,
@@ -208,6 +209,50 @@ def test_sqlite_and_mariadb_write_identical_rows(tmp_path: Path, mariadb_server_
                 environment.dbs.dispose()
     assert dumps[0] == dumps[1]
     assert all(dumps[0].values())
+
+
+def _visits(env: Env) -> set[tuple[Any, ...]]:
+    with env.db.connect() as conn:
+        return {tuple(row) for row in conn.execute(sa.select(t.node_visit))}
+
+
+def _cycle_counts(env: Env) -> dict[tuple[Any, Any], int]:
+    rows = latest(env.db, t.mv_cycle_time_analytics)
+    return {(r.node_id, r.team_id): r.token_count for r in rows}
+
+
+def test_cycle_visits_recorded_refresh_by_refresh_equal_one_rebuild(env: Env) -> None:
+    for hours in range(7 * 24, 0, -3):  # every 3 hours over the week: the events arrive
+        env.refresh("dashboard_medium", NOW - timedelta(hours=hours))
+    env.refresh("dashboard_medium")
+    assert cycle(latest(env.db, t.mv_cycle_time_analytics)) == CYCLE
+    stepped = _visits(env)
+    assert len(stepped) == 7  # the window's visits only (5 at node 10, 2 at node 11)
+    with env.db.begin() as conn:
+        conn.execute(sa.delete(t.node_visit))
+    env.refresh("dashboard_medium")  # an empty table: the whole window again
+    assert _visits(env) == stepped
+    assert cycle(latest(env.db, t.mv_cycle_time_analytics)) == CYCLE
+
+
+def test_cycle_late_exits_are_recorded_within_the_lookback(env: Env) -> None:
+    env.refresh("dashboard_medium")  # latest recorded exit: 03-10 00:01 (token 38, node 11)
+    with env.db.begin() as conn:
+        conn.execute(
+            t.token_event.insert(),
+            [  # written late; operator 105 has no team: node rows only
+                event_row(50, "enter_node", None, 11, 105, "03-09 23:00"),
+                event_row(50, "exit_node", 11, None, 105, "03-09 23:50"),  # 11 min before: in
+                event_row(51, "enter_node", None, 11, 105, "03-09 23:00"),
+                event_row(51, "exit_node", 11, None, 105, "03-09 23:45"),  # 16 min: too late
+            ],
+        )
+    env.refresh("dashboard_medium", NOW + timedelta(minutes=5))
+    assert _cycle_counts(env)[(11, None)] == 3
+    with env.db.begin() as conn:
+        conn.execute(sa.delete(t.node_visit))
+    env.refresh("dashboard_medium", NOW + timedelta(minutes=10))
+    assert _cycle_counts(env)[(11, None)] == 4
 
 
 def test_live_statuses_come_from_the_settings(env: Env) -> None:

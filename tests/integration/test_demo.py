@@ -33,6 +33,7 @@ JOB_TABLES = {
     "mv_team_workload",
     "mv_cycle_time_analytics",
     "mv_dashboard_trends",
+    "bgw_node_visit",
 }
 
 
