@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -98,23 +98,32 @@ def serial(n: int) -> str:
     return f"BLVR-HAT-BAG{n % 100:02d}-20260115-{n:05d}-AB12-X"
 
 
+def registry_rows(
+    ns: Iterable[int],
+    created: datetime = TABLE_NOW,
+    token: Callable[[int], int | None] = lambda n: None,
+    tenant_id: int = TID,
+    ptype: str = "hatthasilpa",
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "serial_code": serial(n),
+            "tenant_id": tenant_id,
+            "org_code": "DEFAULT",
+            "production_type": ptype,
+            "dag_token_id": token(n),
+            "created_at": created,
+        }
+        for n in ns
+    ]
+
+
 def register(
     env: Env, n: int, token: int | None = None, tenant_id: int = TID, ptype: str = "hatthasilpa"
 ) -> None:
     with env.dbs.core.begin() as conn:
-        conn.execute(
-            REG.insert(),
-            [
-                {
-                    "serial_code": serial(n),
-                    "tenant_id": tenant_id,
-                    "org_code": "DEFAULT",
-                    "production_type": ptype,
-                    "dag_token_id": token,
-                    "created_at": datetime(2026, 1, 14),
-                }
-            ],
-        )
+        rows = registry_rows([n], datetime(2026, 1, 14), lambda _: token, tenant_id, ptype)
+        conn.execute(REG.insert(), rows)
 
 
 def enqueue(
@@ -194,19 +203,7 @@ def test_batch_statements_read_the_batch_first_and_find_rows_by_key(env: Env, na
     """Never one pass over the batch per table row: seconds per run instead of milliseconds."""
     source, table = BATCH_STATEMENTS[name]
     with env.dbs.core.begin() as conn:
-        conn.execute(
-            REG.insert(),
-            [
-                {
-                    "serial_code": serial(n),
-                    "tenant_id": TID,
-                    "org_code": "DEFAULT",
-                    "production_type": "hatthasilpa",
-                    "created_at": TABLE_NOW,
-                }
-                for n in range(2000)
-            ],
-        )
+        conn.execute(REG.insert(), registry_rows(range(2000)))
     with env.tenant_db.begin() as conn:
         conn.execute(
             OUT.insert(),
@@ -354,21 +351,11 @@ def test_a_large_mixed_batch_gives_each_row_its_own_outcome(
     with make_env(db_urls, tmp_path, f"[jobs.serial_outbox]\nbatch_size = {rows_n}\n") as env:
         shuffled = random.Random(7).sample(range(rows_n), rows_n)
         with env.dbs.core.begin() as conn:  # n % 3: 0 linkable, 1 linked elsewhere, 2 absent
-            conn.execute(
-                REG.insert(),
-                [
-                    {
-                        "serial_code": serial(n),
-                        "tenant_id": TID,
-                        "org_code": "DEFAULT",
-                        "production_type": "hatthasilpa",
-                        "created_at": TABLE_NOW,
-                        "dag_token_id": None if n % 3 == 0 else 900_000 + n,
-                    }
-                    for n in shuffled
-                    if n % 3 != 2
-                ],
+            rows = registry_rows(
+                (n for n in shuffled if n % 3 != 2),
+                token=lambda n: None if n % 3 == 0 else 900_000 + n,
             )
+            conn.execute(REG.insert(), rows)
         tokens = {n: random.Random(n).randrange(1, 10**12) for n in range(rows_n)}
         with env.tenant_db.begin() as conn:
             conn.execute(
@@ -708,19 +695,7 @@ def test_two_workers_process_every_row_exactly_once(db_urls: DbUrls, tmp_path: P
     with make_env(db_urls, tmp_path, f"[jobs.serial_outbox]\nbatch_size = {BATCH}\n") as env:
         created = TABLE_NOW - timedelta(hours=1)
         with env.dbs.core.begin() as conn:  # even rows linkable, odd rows unregistered
-            conn.execute(
-                REG.insert(),
-                [
-                    {
-                        "serial_code": serial(n),
-                        "tenant_id": TID,
-                        "org_code": "DEFAULT",
-                        "production_type": "hatthasilpa",
-                        "created_at": created,
-                    }
-                    for n in range(0, ROWS, 2)
-                ],
-            )
+            conn.execute(REG.insert(), registry_rows(range(0, ROWS, 2), created))
         with env.tenant_db.begin() as conn:
             conn.execute(
                 OUT.insert(),
