@@ -92,6 +92,7 @@ start() {
       || { echo "mariadb.sh: mariadb-install-db failed:" >&2; tail -n 40 "$BASE/install.log" >&2; exit 1; }
   fi
 
+  mkdir -p "$BASE/tmp"  # its own: nothing that cleans /tmp removes a live temp table
   for attempt in 1 2 3; do
     PORT=${MARIADB_PORT:-$(free_port)}
     : >"$BASE/error.log"
@@ -99,7 +100,7 @@ start() {
     # setsid: its own session and process group, so stopping it (or a CI
     # cleanup) never touches the caller.
     setsid "$MARIADBD" --no-defaults \
-        --datadir="$BASE/data" --socket="$SOCK" \
+        --datadir="$BASE/data" --tmpdir="$BASE/tmp" --socket="$SOCK" \
         --port="$PORT" --bind-address=127.0.0.1 \
         "${USEROPT[@]}" \
         --pid-file="$BASE/mysqld.pid" --log-error="$BASE/error.log" \
