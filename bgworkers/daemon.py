@@ -13,6 +13,7 @@ import queue
 import signal
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -20,17 +21,19 @@ from types import FrameType
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bgworkers import history
+from bgworkers import history, limits
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
 from bgworkers.logs import configure_logging, get_logger
 from bgworkers.metrics import Metrics
 from bgworkers.notify import notify, watchdog_interval
-from bgworkers.runner import Runner
+from bgworkers.runner import Runner, TickResult
 from bgworkers.scheduler import SECTIONS, Scheduler, tick_identity
 from bgworkers.settings import Settings, SettingsError, load_settings
 
 log = get_logger("bgworkers.daemon")
+#: Limit of one history prune (bounded batches; a stuck database ends it).
+HOUSEKEEPING_LIMIT = 300.0
 
 
 class Daemon:
@@ -51,10 +54,14 @@ class Daemon:
     def _tick(self, job: str, run_time: datetime) -> None:
         settings = self.settings
         tick_at = tick_identity(settings.jobs.get(job), settings.scheduler, run_time)
-        result = self.runner.tick(job, tick_at)
-        states = [r.status for r in result.tenants.values()]
-        self.last_tick = (f"{job} at {tick_at:%H:%M:%S}: {states.count('ok')} ok, "
-                          f"{states.count('failed')} failed, {states.count('skipped')} skipped")
+        # Returns once the tenant runs are queued: a slow tenant delays no other.
+        self.runner.tick(job, tick_at, wait=False, on_done=self._tick_done)
+
+    def _tick_done(self, result: TickResult) -> None:
+        states = Counter(r.status for r in result.tenants.values())
+        self.last_tick = (f"{result.job} at {result.tick_at:%H:%M:%S}: " + ", ".join(
+            f"{states[s]} {s}" for s in ("ok", "failed", "skipped", "missed")
+            if states[s] or s in ("ok", "failed")))
         notify(f"STATUS={self.status()}")
 
     def _missed(self, job: str, run_time: datetime, reason: str) -> None:
@@ -66,7 +73,8 @@ class Daemon:
         cutoff = history.retention_cutoff(self.clock.now(),
                                           self.settings.scheduler.history_retention)
         try:
-            deleted = history.prune(self.runner.dbs.coordination, cutoff)
+            with limits.limited(HOUSEKEEPING_LIMIT):
+                deleted = history.prune(self.runner.dbs.coordination, cutoff)
         except Exception as exc:
             log.warning("history_prune_failed", error=error_line(exc))
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, create_engine, event, literal_column, text
 from sqlalchemy.engine import URL
 
+from bgworkers import limits
 from bgworkers.schema.types import PreciseDateTime
 from bgworkers.settings import DatabaseSettings
 
@@ -23,25 +25,33 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def make_engine(url: URL, settings: DatabaseSettings) -> Engine:
-    """One engine per database: pre-pinged pool, timeouts from settings."""
+def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None = None) -> Engine:
+    """One engine per database: timeouts from settings, run limits on every checkout.
+
+    The checkout hook of `limits` also checks that a pooled connection is alive.
+    `io_timeout`: the client's read/write timeout in seconds (MySQL), a last
+    resort against a server that stops answering; None for commands whose
+    statements may rightly run long (db upgrade, demo-data).
+    """
     if is_sqlite(url):
         engine = create_engine(
-            url,
-            connect_args={"timeout": settings.connect_timeout.total_seconds()},
-            pool_pre_ping=True,
-        )
+            url, connect_args={"timeout": settings.connect_timeout.total_seconds()})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_recycle=int(settings.pool_recycle.total_seconds()),
-        pool_timeout=settings.pool_timeout.total_seconds(),
-        connect_args={"connect_timeout": int(settings.connect_timeout.total_seconds())},
-    )
+    else:
+        connect_args = {"connect_timeout": int(settings.connect_timeout.total_seconds())}
+        if io_timeout is not None:
+            connect_args |= {"read_timeout": math.ceil(io_timeout),
+                             "write_timeout": math.ceil(io_timeout)}
+        engine = create_engine(
+            url,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_recycle=int(settings.pool_recycle.total_seconds()),
+            pool_timeout=settings.pool_timeout.total_seconds(),
+            connect_args=connect_args,
+        )
+    limits.install(engine)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from bgworkers import limits
 from bgworkers.alerts import OUTBOX_BACKLOG
 from bgworkers.db import error_line
 from bgworkers.logs import get_logger
@@ -28,6 +29,8 @@ from bgworkers.tenancy import Databases, discover
 
 log = get_logger("bgworkers.metrics")
 QUARANTINE_REASONS = ERP_QUARANTINE_REASONS + ADDED_QUARANTINE_REASONS
+#: Limit of the watch's reads of one tenant.
+WATCH_LIMIT = 10.0
 
 
 class Metrics:
@@ -79,18 +82,20 @@ class Metrics:
         limit = settings.alerts.outbox_oldest_pending
         utc_now = now.replace(tzinfo=None)
         try:
-            tenants, _ = discover(settings, dbs.core)
-        except SQLAlchemyError:
+            with limits.limited(WATCH_LIMIT):
+                tenants, _ = discover(settings, dbs.core)
+        except (SQLAlchemyError, limits.RunTimedOut):
             return  # the next tick reports the core database
         q = serial_quarantine.c
         for tenant in tenants:
             try:
-                state = outbox_state(dbs, tenant.code, utc_now)
-                with dbs.tenant(tenant.code).connect() as conn:
-                    rows = conn.execute(select(q.reason, func.count()).where(
-                        q.resolved_at.is_(None)).group_by(q.reason)).tuples()
-                    reasons = {str(reason): int(count) for reason, count in rows}
-            except SQLAlchemyError as exc:
+                with limits.limited(WATCH_LIMIT):  # a stuck tenant delays the others little
+                    state = outbox_state(dbs, tenant.code, utc_now)
+                    with dbs.tenant(tenant.code).connect() as conn:
+                        rows = conn.execute(select(q.reason, func.count()).where(
+                            q.resolved_at.is_(None)).group_by(q.reason)).tuples()
+                        reasons = {str(reason): int(count) for reason, count in rows}
+            except (SQLAlchemyError, limits.RunTimedOut) as exc:
                 log.warning("watch_failed", tenant=tenant.code, error=error_line(exc))
                 continue
             for status in ("pending", "done", "dead"):

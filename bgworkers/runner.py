@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -9,6 +10,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +19,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from structlog.typing import FilteringBoundLogger
 
-from bgworkers import alerts, history
+from bgworkers import alerts, history, limits
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
 from bgworkers.jobs import BY_NAME
@@ -35,12 +37,37 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {error_line(exc)}"
 
 
+def _databases(settings: Settings) -> Databases:
+    """Engines whose client timeouts outlast the longest run limit (a last resort)."""
+    longest = settings.jobs.longest_timeout().total_seconds()
+    return Databases(settings, io_timeout=longest + BOOKKEEPING_LIMIT)
+
+
+def _outcome(future: Future[TenantResult]) -> TenantResult:
+    """A run's result; a run cancelled at shutdown before it started is skipped."""
+    if future.cancelled():
+        return TenantResult("skipped", error="shutting down")
+    try:
+        return future.result()
+    except Exception as exc:  # a bug in the runner itself: still one tenant's failure
+        log.exception("run_crashed", error=_short(exc))
+        return TenantResult("failed", error=traceback.format_exc())
+
+
+#: Limit of the daemon's own statements around runs: tenant discovery, tick
+#: claims, leases, history.  Generous: they are single-row writes.
+BOOKKEEPING_LIMIT = 30.0
+
+
 @dataclass
 class TenantResult:
-    status: str  # ok, failed, skipped (lease held elsewhere), claimed (tick run elsewhere)
+    # ok, failed, skipped (lease held elsewhere), claimed (tick run elsewhere),
+    # missed (this tenant's previous run of the job was still going)
+    status: str
     counters: Counters = field(default_factory=dict)
     error: str | None = None
     alerts: list[alerts.Alert] = field(default_factory=list)
+    timed_out: bool = False
 
 
 @dataclass
@@ -62,43 +89,53 @@ class TickResult:
                 total["tenants"] += 1
             if result.status == "failed":
                 total["errors"] += 1
-            if result.status == "skipped":
-                total["skipped"] += 1
+            if result.status in ("skipped", "missed"):
+                total[result.status] += 1
         return dict(total)
 
     def as_json(self, counter_names: tuple[str, ...]) -> dict[str, Any]:
         return {
             "job": self.job,
-            "tenants": {code: r.counters | ({"skipped": 1} if r.status == "skipped" else {})
+            "tenants": {code: r.counters | ({r.status: 1} if r.status in ("skipped", "missed")
+                                            else {})
                         for code, r in self.tenants.items()},
             "total": self.total(counter_names),
         }
 
 
 class Runner:
-    """Runs ticks; shared by the daemon (many ticks) and run-once (one tick)."""
+    """Runs ticks; shared by the daemon (many ticks) and run-once (one tick).
+
+    Every (job, tenant) run is its own unit: a tick queues one run per tenant
+    and a tenant whose previous run of the job is still going misses this tick
+    alone.  A tenant whose last run timed out (a stuck database) runs in a
+    one-worker slow lane until a run of it succeeds, so stuck tenants never
+    hold the workers the others need.
+    """
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.settings = settings
-        self.dbs = Databases(settings)
+        self.dbs = _databases(settings)
         self.leases = Leases(lambda: self.dbs.coordination, f"{self.host}:{self.pid}",
                              settings.scheduler.lease_ttl.total_seconds())
         self.workers = settings.scheduler.max_workers
         self.pool = ThreadPoolExecutor(self.workers, "tenant")
+        self.slow_lane = ThreadPoolExecutor(1, "tenant-slow")
+        self.stalled: set[str] = set()  # tenants whose last run timed out
         self.stopping = threading.Event()
         self.metrics: Metrics | None = None  # the daemon's; run-once has none
         self.last_error: str | None = None
-        self._inflight: set[Future[TenantResult]] = set()
+        self._running: dict[tuple[str, str], Future[TenantResult]] = {}
         self._lock = threading.Lock()
 
     def update(self, settings: Settings) -> None:
         """New settings after a reload: new engines, TTL and pool size for later runs."""
         old_dbs, old_pool = self.dbs, self.pool
         self.settings = settings
-        self.dbs = Databases(settings)
+        self.dbs = _databases(settings)
         self.leases.ttl = settings.scheduler.lease_ttl.total_seconds()
         if settings.scheduler.max_workers != self.workers:
             self.workers = settings.scheduler.max_workers
@@ -107,18 +144,27 @@ class Runner:
         old_dbs.dispose()  # connections still checked out close when returned
 
     def tick(self, job: str, tick_at: datetime, *, only: str | None = None,
-             dry_run: bool = False) -> TickResult:
-        """Run `job` for every active tenant (or `only`); never raises."""
+             dry_run: bool = False, wait: bool = True,
+             on_done: Callable[[TickResult], None] | None = None) -> TickResult:
+        """Run `job` for every active tenant (or `only`); never raises.
+
+        wait=True (run-once): returns once every tenant run has ended.  wait=False
+        (the daemon): returns once the runs are queued; `on_done` gets the result
+        when the last of them ends.
+        """
         spec = BY_NAME[job]
         result = TickResult(job, tick_at)
         started = time.monotonic()
         settings, dbs = self.settings, self.dbs
         try:
-            tenants, problems = discover(settings, dbs.core)
-        except SQLAlchemyError as exc:
+            with limits.limited(BOOKKEEPING_LIMIT):
+                tenants, problems = discover(settings, dbs.core)
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
             result.error = f"cannot list tenants from the core database: {_short(exc)}"
             self.last_error = result.error
             log.error("tenant_discovery_failed", job=job, error=result.error)
+            if on_done is not None:
+                on_done(result)
             return result
         for problem in problems:
             if only in (None, problem.code):
@@ -128,31 +174,71 @@ class Runner:
             tenants = [t for t in tenants if t.code == only]
             if not tenants and only not in result.tenants:
                 result.error = f"tenant {only!r} is not an active tenant"
+                if on_done is not None:
+                    on_done(result)
                 return result
-        futures = {t.code: self._submit(spec, t, tick_at, dry_run, settings, dbs)
-                   for t in tenants}
+        futures: dict[str, Future[TenantResult]] = {}
+        for tenant in tenants:
+            future = self._submit(spec, tenant, tick_at, dry_run, settings, dbs)
+            if future is None:
+                result.tenants[tenant.code] = self._tenant_missed(
+                    job, tenant.code, tick_at, "previous run of this tenant still running")
+            else:
+                futures[tenant.code] = future
+
+        def finished() -> None:
+            self._summarize(spec, result, started)
+            if on_done is not None:
+                on_done(result)
+
+        if wait:
+            for code, future in futures.items():
+                result.tenants[code] = _outcome(future)
+            finished()
+            return result
+        left = [len(futures)]
+
+        def one_done(code: str, future: Future[TenantResult]) -> None:
+            with self._lock:
+                result.tenants[code] = _outcome(future)
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                finished()
+
+        if not futures:
+            finished()
         for code, future in futures.items():
-            result.tenants[code] = future.result()
+            future.add_done_callback(functools.partial(one_done, code))
+        return result
+
+    def _summarize(self, spec: JobSpec, result: TickResult, started: float) -> None:
         statuses = Counter(r.status for r in result.tenants.values())
         total = result.total(spec.counters)
         worst = "warning" if result.failed else alerts.level(
             a for r in result.tenants.values() for a in r.alerts)
         log.log(alerts.LEVELS[worst], "job_run_summary",
-                job=job, tick=tick_at.isoformat(), ms=int((time.monotonic() - started) * 1000),
+                job=spec.name, tick=result.tick_at.isoformat(),
+                ms=int((time.monotonic() - started) * 1000),
                 **{f"tenants_{k}": v for k, v in statuses.items()}, **total)
-        return result
 
     def _submit(self, spec: JobSpec, tenant: Tenant, tick_at: datetime, dry_run: bool,
-                settings: Settings, dbs: Databases) -> Future[TenantResult]:
-        future = self.pool.submit(self._run_tenant, spec, tenant, tick_at, dry_run, settings, dbs)
+                settings: Settings, dbs: Databases) -> Future[TenantResult] | None:
+        """Queue the tenant's run; None when its previous run of this job is still going."""
+        key = (spec.name, tenant.code)
         with self._lock:
-            self._inflight.add(future)
-        future.add_done_callback(self._done)
+            if key in self._running:
+                return None
+            lane = self.slow_lane if tenant.code in self.stalled else self.pool
+            future = lane.submit(self._run_tenant, spec, tenant, tick_at, dry_run, settings, dbs)
+            self._running[key] = future
+        future.add_done_callback(functools.partial(self._done, key))
         return future
 
-    def _done(self, future: Future[TenantResult]) -> None:
+    def _done(self, key: tuple[str, str], future: Future[TenantResult]) -> None:
         with self._lock:
-            self._inflight.discard(future)
+            if self._running.get(key) is future:
+                del self._running[key]
 
     def _run_tenant(self, spec: JobSpec, tenant: Tenant, tick_at: datetime, dry_run: bool,
                     settings: Settings, dbs: Databases) -> TenantResult:
@@ -161,21 +247,30 @@ class Runner:
         run_id = str(uuid.uuid4())
         with log_context(job=spec.name, tenant=tenant.code, run_id=run_id):
             tenant_log = get_logger("bgworkers.job")
-            lease = self._start(spec, tenant.code, tick_at, run_id, dbs, tenant_log)
+            with limits.limited(BOOKKEEPING_LIMIT):
+                lease = self._start(spec, tenant.code, tick_at, run_id, dbs, tenant_log)
             if isinstance(lease, TenantResult):
                 if lease.status != "claimed":
                     self._measure(spec.name, tenant.code, lease, None)
                 return lease
             started = time.monotonic()
-            dry_run = dry_run or bool(getattr(settings.jobs.get(spec.name), "dry_run", False))
+            job_settings = settings.jobs.get(spec.name)
+            dry_run = dry_run or bool(getattr(job_settings, "dry_run", False))
             ctx = JobContext(job=spec.name, tenant=tenant, settings=settings, dbs=dbs,
                              clock=self.clock, log=tenant_log, dry_run=dry_run, guard=lease)
             try:
-                result = self._execute(spec, ctx)
-                self._finish(dbs.coordination, run_id, result.status, result.counters,
-                             result.error)
+                result = self._execute(spec, ctx, job_settings.run_limit.total_seconds())
+                with limits.limited(BOOKKEEPING_LIMIT):
+                    self._finish(dbs.coordination, run_id, result.status, result.counters,
+                                 result.error)
             finally:  # after the history row is closed: its interval lies inside the lease
-                self.leases.release(lease)
+                with limits.limited(BOOKKEEPING_LIMIT):
+                    self.leases.release(lease)
+            with self._lock:
+                if result.timed_out:
+                    self.stalled.add(tenant.code)
+                elif result.status == "ok":
+                    self.stalled.discard(tenant.code)
             self._measure(spec.name, tenant.code, result, time.monotonic() - started)
             return result
 
@@ -204,7 +299,7 @@ class Runner:
             if lease.previous is not None:
                 history.mark_abandoned(coordination, lease.previous, self.leases.holder)
             history.started(coordination, run_id)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
             if lease is not None:
                 self.leases.release(lease)
             error = f"coordination database: {_short(exc)}"
@@ -213,18 +308,29 @@ class Runner:
             return TenantResult("failed", error=error)
         return lease
 
-    def _execute(self, spec: JobSpec, ctx: JobContext) -> TenantResult:
-        """Run the job for one tenant; its exception is logged and recorded, never raised."""
+    def _execute(self, spec: JobSpec, ctx: JobContext, limit_s: float) -> TenantResult:
+        """Run the job for one tenant within its limit; errors are logged and recorded,
+        never raised."""
         started = time.monotonic()
-        try:
-            result = TenantResult("ok", dict(spec.run(ctx)))
-        except LeaseLost as exc:
-            result = TenantResult("failed", error=f"lease lost: {exc}")
-            ctx.log.error("run_lease_lost", error=result.error)
-        except Exception as exc:  # one tenant never hurts another
-            result = TenantResult("failed", error=traceback.format_exc())
-            ctx.log.exception("run_failed", error=_short(exc))
-            self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
+        with limits.limited(limit_s) as limit:
+            try:
+                result = TenantResult("ok", dict(spec.run(ctx)))
+            except LeaseLost as exc:
+                result = TenantResult("failed", error=f"lease lost: {exc}")
+                ctx.log.error("run_lease_lost", error=result.error)
+            except Exception as exc:  # one tenant never hurts another
+                if limit.expired():
+                    result = TenantResult("failed", error=limit.error(), timed_out=True)
+                else:
+                    result = TenantResult("failed", error=traceback.format_exc())
+                    ctx.log.exception("run_failed", error=_short(exc))
+                self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
+            if limit.fired and not result.timed_out:  # the job went on after its cut
+                result = TenantResult("failed", error=limit.error(), timed_out=True)
+        if result.timed_out:
+            self.last_error = f"{spec.name}/{ctx.tenant.code}: {result.error}"
+            ctx.log.error("run_timed_out", error=result.error, limit_s=limit_s,
+                          ms=int((time.monotonic() - started) * 1000))
         if result.status == "ok":
             result.alerts = alerts.check(spec.name, result.counters, ctx.settings.alerts)
             ctx.log.log(alerts.LEVELS[alerts.level(result.alerts)], "job_tenant_result",
@@ -245,20 +351,40 @@ class Runner:
     def record_missed(self, job: str, tick_at: datetime, reason: str) -> None:
         """Record a tick that did not run here for every tenant (a no-op where one ran it)."""
         try:
-            tenants, _ = discover(self.settings, self.dbs.core)
-            for tenant in tenants:
-                history.record_missed(self.dbs.coordination, job, tenant.code,
+            with limits.limited(BOOKKEEPING_LIMIT):
+                tenants, _ = discover(self.settings, self.dbs.core)
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
+            log.error("history_write_failed", job=job, error=_short(exc))
+            tenants = []
+        for tenant in tenants:
+            self._tenant_missed(job, tenant.code, tick_at, reason)
+        log.warning("tick_missed", job=job, tick=tick_at.isoformat(), reason=reason,
+                    tenants=len(tenants))
+
+    def _tenant_missed(self, job: str, tenant: str, tick_at: datetime,
+                       reason: str) -> TenantResult:
+        """Record that this tenant's tick did not run here (a no-op where another ran it)."""
+        try:
+            with limits.limited(BOOKKEEPING_LIMIT):
+                history.record_missed(self.dbs.coordination, job, tenant,
                                       tick_at.astimezone(UTC).replace(tzinfo=None),
                                       str(uuid.uuid4()), self.host, self.pid, reason)
-        except SQLAlchemyError as exc:
-            log.error("history_write_failed", job=job, error=_short(exc))
-        log.warning("tick_missed", job=job, tick=tick_at.isoformat(), reason=reason)
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
+            log.error("history_write_failed", job=job, tenant=tenant, error=_short(exc))
+        log.warning("tenant_tick_missed", job=job, tenant=tenant, tick=tick_at.isoformat(),
+                    reason=reason)
         if self.metrics is not None:
             self.metrics.missed.labels(job).inc()
+        return TenantResult("missed", error=reason)
 
     def inflight(self) -> int:
         with self._lock:
-            return len(self._inflight)
+            return len(self._running)
+
+    def running(self) -> list[tuple[str, str]]:
+        """(job, tenant) of the runs queued or going."""
+        with self._lock:
+            return sorted(self._running)
 
     def drain(self, timeout: float, poll: Any = None) -> bool:
         """Stop starting tenant runs; wait for running ones. True when all finished in time."""
@@ -266,7 +392,7 @@ class Runner:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                pending = set(self._inflight)
+                pending = set(self._running.values())
             if not pending:
                 return True
             left = deadline - time.monotonic()
@@ -278,6 +404,7 @@ class Runner:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.slow_lane.shutdown(wait=False, cancel_futures=True)
         self.leases.stop()
         self.dbs.dispose()
 

@@ -32,13 +32,21 @@ class JobSettings(_Section):
     """What every [jobs.NAME] table has: a trigger and how it fires."""
 
     default_every: ClassVar[timedelta]
+    default_timeout: ClassVar[timedelta]
 
     enabled: bool = True
     every: PositiveDuration | None = None
+    #: The runtime limit of one tenant run (see bgworkers.limits); the class
+    #: default when not set.
+    timeout: PositiveDuration | None = None
     cron: Annotated[str, AfterValidator(check_cron)] | None = None
     misfire_grace: PositiveDuration | None = None
     jitter: Duration = timedelta(0)
     coalesce: bool = True
+
+    @property
+    def run_limit(self) -> timedelta:
+        return self.timeout or self.default_timeout
 
     @model_validator(mode="before")
     @classmethod
@@ -48,11 +56,14 @@ class JobSettings(_Section):
                 raise ValueError("set either 'every' or 'cron', not both")
             if data.get("every") is None and data.get("cron") is None:
                 data = {**data, "every": cls.default_every}
+            if data.get("timeout") is None:
+                data = {**data, "timeout": cls.default_timeout}
         return data
 
 
 class SerialConsistencySettings(JobSettings):
     default_every = timedelta(hours=1)
+    default_timeout = timedelta(minutes=30)
     salt_key_re: ClassVar[re.Pattern[str]] = re.compile(
         r"(hatthasilpa|oem|classic):(0|[1-9][0-9]{0,8})")
     salt_value_re: ClassVar[re.Pattern[str]] = re.compile(r"[0-9a-fA-F]{64}")
@@ -124,6 +135,7 @@ class SerialConsistencySettings(JobSettings):
 
 class SerialOutboxSettings(JobSettings):
     default_every = timedelta(minutes=5)
+    default_timeout = timedelta(minutes=4)
 
     batch_size: PositiveInt = 100
     max_retries: PositiveInt = 10
@@ -151,6 +163,7 @@ class DashboardTierSettings(JobSettings):
 
 class DashboardFastSettings(DashboardTierSettings):
     default_every = timedelta(minutes=1)
+    default_timeout = timedelta(seconds=45)
     tables: list[str] = Field(
         default_factory=lambda: ["mv_token_flow_summary", "mv_node_bottlenecks", "mv_team_workload"]
     )
@@ -158,16 +171,19 @@ class DashboardFastSettings(DashboardTierSettings):
 
 class DashboardMediumSettings(DashboardTierSettings):
     default_every = timedelta(minutes=5)
+    default_timeout = timedelta(minutes=4)
     tables: list[str] = Field(default_factory=lambda: ["mv_cycle_time_analytics"])
 
 
 class DashboardSlowSettings(DashboardTierSettings):
     default_every = timedelta(minutes=15)
+    default_timeout = timedelta(minutes=10)
     tables: list[str] = Field(default_factory=lambda: ["mv_dashboard_trends"])
 
 
 class HeartbeatSettings(JobSettings):
     default_every = timedelta(minutes=1)
+    default_timeout = timedelta(seconds=30)
 
     enabled: bool = False
     hold: Duration = timedelta(0)
@@ -192,6 +208,9 @@ class JobsSettings(_Section):
                     )
                 seen[table] = tier
         return self
+
+    def longest_timeout(self) -> timedelta:
+        return max(self.get(name).run_limit for name in type(self).model_fields)
 
     def get(self, name: str) -> JobSettings:
         job = getattr(self, name, None)

@@ -60,8 +60,9 @@ def discover(settings: Settings, core_engine: Engine) -> tuple[list[Tenant], lis
 class Databases:
     """Engines by URL: created on first use, shared by threads, disposed together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, io_timeout: float | None = None) -> None:
         self.settings = settings
+        self.io_timeout = io_timeout  # client read/write timeout of MySQL connections
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -69,7 +70,8 @@ class Databases:
         with self._lock:
             engine = self._engines.get(raw_url)
             if engine is None:
-                engine = make_engine(self.url(raw_url), self.settings.database)
+                engine = make_engine(self.url(raw_url), self.settings.database,
+                                     self.io_timeout)
                 self._engines[raw_url] = engine
             return engine
 

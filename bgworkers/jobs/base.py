@@ -10,6 +10,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 from structlog.typing import FilteringBoundLogger
 
+from bgworkers import limits
 from bgworkers.clock import Clock
 from bgworkers.settings import JobSettings, Settings
 from bgworkers.tenancy import Databases, Tenant
@@ -84,4 +85,6 @@ class JobContext:
         return self.dbs.tenant(self.tenant.code)
 
     def check_lease(self) -> None:
+        """Raise LeaseLost if the lease is gone, RunTimedOut if the run is past its limit."""
         self.guard.check()
+        limits.check()
