@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings
 from helpers import DbUrls
 from jobs_helpers import table_digest
-from structlog.testing import capture_logs
 
 from bgworkers import dbadmin
 from bgworkers.db import ensure_database
@@ -204,15 +203,17 @@ def test_null_empty_and_blank_codes_are_refused(make_world: Any, db_urls: DbUrls
 
 def test_override_keyed_with_the_wrong_case_is_reported(make_world: Any,
                                                         db_urls: DbUrls) -> None:
-    with capture_logs() as logs:  # setting up discovers too: warned once per process
-        world = make_world([org(1, "DEFAULT"), org(2, "maison_atelier")], extra=(
-            f"[tenants.urls]\nMAISON_ATELIER = '{db_urls.tenant('elsewhere')}'\n"))
-        tenants, problems = discover(world.settings, world.dbs.core)
+    world = make_world([org(1, "DEFAULT"), org(2, "maison_atelier")], extra=(
+        f"[tenants.urls]\nMAISON_ATELIER = '{db_urls.tenant('elsewhere')}'\n"))
+    tenants, problems = discover(world.settings, world.dbs.core)
     assert [t.code for t in tenants] == ["DEFAULT", "maison_atelier"] and problems == []
     assert world.settings.tenant_url("maison_atelier") == db_urls.tenant("maison_atelier")
-    warnings = [e for e in logs if e["event"] == "tenant_code_case_mismatch"]
-    assert len(warnings) == 1, logs
-    assert warnings[0]["log_level"] == "warning"
+    stats = world.cli("outbox", "stats")
+    assert stats.returncode == 0, stats.stdout + stats.stderr
+    logged = [json.loads(line) for line in stats.stderr.splitlines() if line.startswith("{")]
+    warnings = [e for e in logged if e["event"] == "tenant_code_case_mismatch"]
+    assert len(warnings) == 1, stats.stderr
+    assert warnings[0]["level"] == "warning"
     assert (warnings[0]["setting"], warnings[0]["key"], warnings[0]["tenants"]) == (
         "tenants.urls", "MAISON_ATELIER", ["maison_atelier"])
 
