@@ -10,7 +10,8 @@ It never writes: every database is read through a connection that cannot
 write (`read_only`), in one snapshot, and a SQLite database file that does not
 exist is reported missing, not created.  Salts are used, never shown.
 Exit status: 0 something is known, 1 nothing is known anywhere (a database
-that could not be read is named), 2 bad input (empty serial, unknown tenant).
+that could not be read is named), 2 bad input (empty serial, a tenant that
+tenancy.resolve refuses).  Tenants that discovery refuses are listed with why.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from bgworkers.explain_text import render
 from bgworkers.jobs.serial_checks import as_text, same_text
 from bgworkers.schema import core
 from bgworkers.schema import tenant as erp
-from bgworkers.settings import TENANT_CODE_RE, Settings
-from bgworkers.tenancy import Databases, discover, is_active
+from bgworkers.settings import Settings
+from bgworkers.tenancy import Databases, TenantError, discover, is_active, resolve
 
 Out = Callable[[str], None]
 Record = dict[str, Any]
@@ -51,6 +52,7 @@ class TenantFacts:
     id: int
     active: bool = True
     error: str | None = None
+    refused: bool = False  # discovery refused the tenant (error says why); not read
     tokens: list[Record] = field(default_factory=list)
     job_ticket_serial: Record | None = None
     outbox: list[Record] = field(default_factory=list)
@@ -101,13 +103,10 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
     SQLAlchemyError when core cannot tell which tenants to read."""
     if not serial:
         raise BadInput("the serial is empty")
-    if tenant_code is not None and not TENANT_CODE_RE.fullmatch(tenant_code):
-        raise BadInput(f"tenant {tenant_code!r} refused: must match ^[A-Za-z0-9_]{{1,50}}$")
     job = settings.jobs.serial_consistency
     facts = Facts(serial, describe_format(serial, job.exempt_patterns))
     _require_file(dbs.url(settings.database.core_url), "core")
-    with read_only(dbs.core) as conn:
-        facts.tenants = _tenants(settings, dbs, conn, tenant_code, facts.notes)
+    facts.tenants = _tenants(settings, dbs, tenant_code)
     try:
         with read_only(dbs.core) as conn:
             facts.registry = _registry(conn, serial)
@@ -118,6 +117,8 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
     if facts.registry is not None:
         facts.registry["hash_check"] = judge.hash_check
     for found in facts.tenants:
+        if found.refused:
+            continue
         try:
             _require_file(dbs.url(settings.tenant_url(found.code)), f"tenant {found.code}")
             with read_only(dbs.tenant(found.code)) as conn:
@@ -167,19 +168,19 @@ def _require_file(url: URL, what: str) -> None:
         raise BadInput(f"{what}: database file {name} does not exist")
 
 
-def _tenants(settings: Settings, dbs: Databases, conn: Connection, code: str | None,
-             notes: list[str]) -> list[TenantFacts]:
-    if code is None:
-        tenants, refused = discover(settings, dbs.core)
-        notes.extend(problem.error for problem in refused)
-        return [TenantFacts(t.code, t.id) for t in tenants]
-    org = core.organization
-    rows = conn.execute(select(org.c.id_org, org.c.code, org.c.status)
-                        .where(org.c.code == code)).all()
-    row = next((r for r in rows if r.code == code), None)  # exact, whatever the collation
-    if row is None:
-        raise BadInput(f"tenant {code}: not in core organization")
-    return [TenantFacts(code, int(row.id_org), is_active(row.status))]
+def _tenants(settings: Settings, dbs: Databases, code: str | None) -> list[TenantFacts]:
+    """The tenants to read: the one named (tenancy.resolve: exact code, served by the
+    daemon; BadInput otherwise), or every tenant discovery lists, refused ones included."""
+    if code is not None:
+        try:
+            tenant = resolve(settings, dbs.core, code)
+        except TenantError as exc:
+            raise BadInput(str(exc)) from None
+        return [TenantFacts(tenant.code, tenant.id)]
+    tenants, refused = discover(settings, dbs.core)
+    found = [TenantFacts(t.code, t.id) for t in tenants]
+    found += [TenantFacts(p.code, p.id, error=p.error, refused=True) for p in refused]
+    return sorted(found, key=lambda t: t.id)
 
 
 def _registry(conn: Connection, serial: str) -> Record | None:
@@ -240,7 +241,8 @@ def as_dict(facts: Facts) -> Record:
         "registry": facts.registry,
         "registry_error": facts.registry_error,
         "tenants": {t.code: {
-            "id": t.id, "active": t.active, "error": t.error, "tokens": t.tokens,
+            "id": t.id, "active": t.active, "refused": t.refused, "error": t.error,
+            "tokens": t.tokens,
             "job_ticket_serial": t.job_ticket_serial, "outbox": t.outbox,
             "quarantine": t.quarantine, "conclusions": t.conclusions,
         } for t in facts.tenants},

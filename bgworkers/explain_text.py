@@ -74,6 +74,9 @@ def _registry(facts: Facts) -> Iterator[str]:
 
 def _tenant(tenant: TenantFacts, erp_timezone: str) -> Iterator[str]:
     head = f"tenant {tenant.code} (id {tenant.id}{'' if tenant.active else ', not active'})"
+    if tenant.refused:
+        yield f"{head}: REFUSED, not read: {tenant.error}"
+        return
     if tenant.error is not None:
         yield f"{head}: FAILED: {tenant.error}"
         return

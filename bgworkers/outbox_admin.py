@@ -1,8 +1,8 @@
 """`bgworkers outbox requeue|stats`: operator tools for the serial link outbox.
 
 Each function prints through `out` and returns the exit status: 0 ok, 1 some
-of what was asked could not be done (named in the output), 2 bad usage (an
-unknown tenant, neither or both of ids / all_dead).
+of what was asked could not be done (named in the output), 2 bad usage (a
+tenant that tenancy.resolve refuses, neither or both of ids / all_dead).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
 from bgworkers.jobs.outbox_sql import ids_of, write_transaction
 from bgworkers.jobs.outbox_store import due
-from bgworkers.schema import core
 from bgworkers.schema.tenant import serial_link_outbox as outbox
-from bgworkers.settings import TENANT_CODE_RE, Settings
-from bgworkers.tenancy import Databases, discover
+from bgworkers.settings import Settings
+from bgworkers.tenancy import Databases, Tenant, TenantError, TenantProblem, discover, resolve
 
 Out = Callable[[str], None]
 SHOWN_IDS = 20  # ids listed in a requeue message; more are counted
@@ -33,18 +32,14 @@ def _utc_now(clock: Clock) -> datetime:
     return clock.now().astimezone(UTC).replace(tzinfo=None, microsecond=0)
 
 
-def _known_tenant(settings: Settings, dbs: Databases, code: str, out: Out) -> bool:
-    """An explicitly named tenant: a valid code present in core organization (any status)."""
-    if not TENANT_CODE_RE.fullmatch(code):
-        out(f"tenant {code!r}: refused: must match ^[A-Za-z0-9_]{{1,50}}$")
-        return False
-    org = core.organization
-    with dbs.core.connect() as conn:
-        found = conn.execute(select(org.c.id_org).where(org.c.code == code)).first()
-    if found is None:
-        out(f"tenant {code}: not in core organization")
-        return False
-    return True
+def _named(settings: Settings, dbs: Databases, code: str, out: Out) -> Tenant | None:
+    """The tenant named on the command line, exactly as the daemon serves it (see
+    tenancy.resolve); None, with the reason printed, when it cannot be used."""
+    try:
+        return resolve(settings, dbs.core, code)
+    except TenantError as exc:
+        out(str(exc))
+        return None
 
 
 def _failed(code: str, exc: SQLAlchemyError, out: Out) -> int:
@@ -74,10 +69,11 @@ def requeue(
         out("give either --id N ... or --all-dead (one of them)")
         return 2
     try:
-        if not _known_tenant(settings, dbs, tenant_code, out):
+        tenant = _named(settings, dbs, tenant_code, out)
+        if tenant is None:
             return 2
         now = _utc_now(clock or SystemClock())
-        with write_transaction(dbs.tenant(tenant_code)) as conn:
+        with write_transaction(dbs.tenant(tenant.code)) as conn:
             dead, problems = _dead_rows(conn, None if all_dead else ids)
             if not dry_run and dead:
                 conn.execute(
@@ -141,21 +137,24 @@ def stats(
 ) -> int:
     """Counts per status, how many pending rows are due now, age of the oldest pending row."""
     now = _utc_now(clock or SystemClock())
+    refused: list[TenantProblem] = []
     try:
         if tenant_code is not None:
-            if not _known_tenant(settings, dbs, tenant_code, out):
+            tenant = _named(settings, dbs, tenant_code, out)
+            if tenant is None:
                 return 2
-            codes = [tenant_code]
+            codes = [tenant.code]
         else:
             tenants, refused = discover(settings, dbs.core)
-            for problem in refused:
-                out(f"tenant {problem.code}: {problem.error}")
             codes = [t.code for t in tenants]
     except SQLAlchemyError as exc:
         out(f"core: FAILED: {error_line(exc)}")
         return 1
-    out(STATS_HEADER)
     status = 0
+    for problem in refused:  # refused tenants are failures: their rows go unprocessed
+        out(f"tenant {problem.code}: {problem.error}")
+        status = 1
+    out(STATS_HEADER)
     for code in codes:
         try:
             out(_stats_line(dbs, code, now))

@@ -1,8 +1,9 @@
 """`bgworkers status`: per job and tenant, the last run, the next tick and a verdict.
 
 OK; LATE when no run succeeded for two intervals; FAILING when the last finished
-run failed. Exit status 0 all OK, 1 some LATE, 2 some FAILING: usable as a
-monitoring check as it is. Reads run history only, daemon running or not.
+run failed, or when discovery refuses the tenant (never run; its error is shown).
+Exit status 0 all OK, 1 some LATE, 2 some FAILING: usable as a monitoring check
+as it is. Reads run history only, daemon running or not.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Line:
     counters: dict[str, int]
     last_success: str | None
     next_tick: str | None
+    error: str | None = None  # why the tenant is refused (it is then FAILING, never run)
 
 
 def interval(job: JobSettings, settings: Settings, now: datetime) -> timedelta:
@@ -48,7 +50,9 @@ def interval(job: JobSettings, settings: Settings, now: datetime) -> timedelta:
 
 
 def collect(settings: Settings, dbs: Databases, now: datetime) -> list[Line]:
-    tenants, _ = discover(settings, dbs.core)
+    tenants, refused = discover(settings, dbs.core)
+    errors = {p.code: p.error for p in refused}
+    codes = sorted([*((t.id, t.code) for t in tenants), *((p.id, p.code) for p in refused)])
     c = run.c
     latest = (select(c.job, c.tenant, func.max(c.id).label("id"))
               .where(c.status.in_(("ok", "failed"))).group_by(c.job, c.tenant).subquery())
@@ -64,19 +68,19 @@ def collect(settings: Settings, dbs: Databases, now: datetime) -> list[Line]:
         job = settings.jobs.get(name)
         late_after = 2 * interval(job, settings, now)
         fire = make_trigger(job, settings.scheduler).get_next_fire_time(None, now)
-        for tenant in tenants:
-            row, success = last.get((name, tenant.code)), ok_at.get((name, tenant.code))
-            health = ("FAILING" if row is not None and row.status == "failed"
+        for _, code in codes:
+            row, success = last.get((name, code)), ok_at.get((name, code))
+            health = ("FAILING" if code in errors or (row is not None and row.status == "failed")
                       else "LATE" if success is None or naive_now - success > late_after
                       else "OK")
             took = (row.ended_at - row.started_at).total_seconds() if row is not None else None
             lines.append(Line(
-                name, tenant.code, health,
+                name, code, health,
                 f"{row.started_at:%Y-%m-%d %H:%M:%S}" if row is not None else None,
                 took, row.status if row is not None else None,
                 json.loads(row.counters) if row is not None and row.counters else {},
                 f"{success:%Y-%m-%d %H:%M:%S}" if success else None,
-                f"{fire:%Y-%m-%d %H:%M:%S}" if fire else None))
+                f"{fire:%Y-%m-%d %H:%M:%S}" if fire else None, errors.get(code)))
     return lines
 
 
@@ -97,8 +101,11 @@ def report(settings: Settings, dbs: Databases, now: datetime, as_json: bool,
                             if v and k in BY_NAME[line.job].counters)
         rows.append((line.job, line.tenant, line.health, line.last_run or "never",
                      f"{line.took_s:.1f}s" if line.took_s is not None else "-",
-                     line.result or "-", line.next_tick or "-", counters))
+                     "refused" if line.error else line.result or "-", line.next_tick or "-",
+                     counters))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for code, error in dict.fromkeys((x.tenant, x.error) for x in lines if x.error):
+        out(f"tenant {code}: REFUSED: {error}")
     return worst

@@ -329,14 +329,14 @@ def test_unknown_serial_and_bad_input(world: World, tmp_path: Path) -> None:
     assert world.explain("NOPE-0001", "nobody") == (2, [
         "bgworkers explain: tenant nobody: not in core organization"])
     assert world.explain("NOPE-0001", "default") == (2, [  # codes match exactly
-        "bgworkers explain: tenant default: not in core organization"])
+        "bgworkers explain: tenant default: not in core organization; did you mean 'DEFAULT'?"])
     assert world.explain("", None)[0] == 2
 
-    # an inactive tenant may be named; its missing database is reported, not created
+    # only tenants the daemon serves may be named: not an inactive one (nothing is created)
     before = sorted(p.name for p in tmp_path.iterdir())
-    status, lines = world.explain(S["reg_only"], "closed")
-    assert status == 0  # the registry row is known
-    assert lines[-1].startswith("tenant closed (id 3, not active): FAILED: ")
+    assert world.explain(S["reg_only"], "closed") == (2, [
+        "bgworkers explain: tenant closed: organization id 3 is not active (status 'inactive'); "
+        "only active tenants can be named"])
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
