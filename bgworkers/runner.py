@@ -28,7 +28,7 @@ from bgworkers.leases import Lease, Leases
 from bgworkers.logs import get_logger, log_context
 from bgworkers.metrics import Metrics
 from bgworkers.settings import Settings
-from bgworkers.tenancy import Databases, Tenant, discover
+from bgworkers.tenancy import Databases, Tenant, TenantError, discover, resolve
 
 log = get_logger("bgworkers.runner")
 
@@ -166,17 +166,17 @@ class Runner:
             if on_done is not None:
                 on_done(result)
             return result
-        for problem in problems:
-            if only in (None, problem.code):
-                result.tenants[problem.code] = TenantResult("failed", {}, problem.error)
-                log.error("tenant_refused", job=job, tenant=problem.code, error=problem.error)
         if only is not None:
             tenants = [t for t in tenants if t.code == only]
-            if not tenants and only not in result.tenants:
-                result.error = f"tenant {only!r} is not an active tenant"
+            problems = [p for p in problems if p.code == only]
+            if not tenants and not problems:
+                result.error = self._why_not(only)
                 if on_done is not None:
                     on_done(result)
                 return result
+        for problem in problems:
+            result.tenants[problem.code] = TenantResult("failed", {}, problem.error)
+            log.error("tenant_refused", job=job, tenant=problem.code, error=problem.error)
         futures: dict[str, Future[TenantResult]] = {}
         for tenant in tenants:
             future = self._submit(spec, tenant, tick_at, dry_run, settings, dbs)
@@ -211,6 +211,17 @@ class Runner:
         for code, future in futures.items():
             future.add_done_callback(functools.partial(one_done, code))
         return result
+
+    def _why_not(self, code: str) -> str:
+        """Why `code` is not a tenant to run (the operator's words for it may be a case variant)."""
+        try:
+            with limits.limited(BOOKKEEPING_LIMIT):
+                resolve(self.settings, self.dbs.core, code)
+        except TenantError as exc:
+            return str(exc)
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
+            return f"cannot look up tenant {code!r} in the core database: {_short(exc)}"
+        return f"tenant {code!r} is not an active tenant"
 
     def _summarize(self, spec: JobSpec, result: TickResult, started: float) -> None:
         statuses = Counter(r.status for r in result.tenants.values())

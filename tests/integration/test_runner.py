@@ -114,7 +114,7 @@ def test_run_once_json_and_exit_status(db_urls: DbUrls, config: Path) -> None:
     assert "maison_atelier" in one.stdout and "DEFAULT" not in one.stdout
     unknown = run_once(config, "--tenant", "nobody")
     assert unknown.returncode == 1
-    assert "tenant 'nobody' is not an active tenant" in unknown.stderr
+    assert "tenant nobody: not in core organization" in unknown.stderr
     add_broken_tenant(db_urls, config)
     failed = run_once(config, "--json")
     assert failed.returncode == 1
