@@ -1,0 +1,124 @@
+"""The daemon with one tenant's database stuck: frozen (SIGSTOP) or table-locked.
+
+One tenant lives on a second throwaway MariaDB, reached through [tenants.urls].
+While the daemon runs `dashboard_fast` every 5 s with a 2 s limit, that server
+is frozen (or a table of it locked) for 12 s.  From the run history: the other
+tenants ran every tick on time; the stuck tenant's runs ended `failed`
+("timed out after 2 s") before the server came back; it runs `ok` again
+afterwards; no row is left `running`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from daemon_helpers import daemon, runs, tenant_setup
+from helpers import DbUrls, write_settings
+from sqlalchemy.pool import NullPool
+
+from bgworkers.jobs import REGISTRY
+
+pytestmark = pytest.mark.mariadb
+
+HARNESS = Path(__file__).parent.parent / "harness" / "mariadb.sh"
+EVERY, LIMIT, STUCK = 5, 2, 12  # seconds
+
+
+@pytest.fixture
+def second_server() -> Iterator[tuple[str, int]]:
+    """Another throwaway MariaDB: (server URL, pid of mariadbd)."""
+    base = Path(tempfile.mkdtemp(prefix="bgw-stuck-", dir="/tmp"))
+    env = dict(os.environ, MARIADB_OWNER_PID=str(os.getpid()))
+    started = subprocess.run(["bash", str(HARNESS), "start", str(base)], capture_output=True,
+                             text=True, timeout=120, env=env, check=True)
+    pid = int(next(line.split("=", 1)[1].strip("'") for line in
+                   (base / "env").read_text().splitlines() if line.startswith("MARIADB_PID=")))
+    try:
+        yield started.stdout.strip().splitlines()[-1], pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        subprocess.run(["bash", str(HARNESS), "stop", str(base)], timeout=60, check=False)
+
+
+def wait_for(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def ok_after(core_url: str, tenant: str, after: datetime) -> bool:
+    return any(r.tenant == tenant and r.status == "ok" and r.tick_at >= after
+               for r in runs(core_url))
+
+
+@pytest.mark.parametrize("db_urls", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("how", ["frozen", "locked"])
+def test_a_stuck_tenant_times_out_and_the_others_run_every_tick(
+        db_urls: DbUrls, tmp_path: Path, second_server: tuple[str, int], how: str) -> None:
+    server_url, server_pid = second_server
+    stuck_url = f"{server_url}/bgw_stuck_tenant?charset=utf8mb4"
+    others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
+                     if spec.name not in ("dashboard_fast", "heartbeat"))
+    config = write_settings(tmp_path / "s.toml", db_urls, f"""{others}
+[scheduler]
+lease_ttl = "3s"
+[jobs.dashboard_fast]
+every = "{EVERY}s"
+timeout = "{LIMIT}s"
+misfire_grace = "2s"
+[tenants.urls]
+stuck = "{stuck_url}"
+""")
+    tenant_setup(db_urls, config, ["DEFAULT", "maison_atelier", "stuck"], erp_schema=True)
+    begin = datetime.now(UTC).replace(tzinfo=None)
+    locker = sa.create_engine(stuck_url, poolclass=NullPool)
+    with daemon(config, log=tmp_path / "daemon.log") as proc:
+        wait_for(lambda: ok_after(db_urls.core_url, "stuck", begin), 3 * EVERY)
+        with locker.connect() as lock_conn:
+            stuck_from = datetime.now(UTC).replace(tzinfo=None)
+            if how == "frozen":
+                os.kill(server_pid, signal.SIGSTOP)
+            else:
+                lock_conn.exec_driver_sql("LOCK TABLES flow_token WRITE")
+            time.sleep(STUCK)
+            stuck_until = datetime.now(UTC).replace(tzinfo=None)
+            if how == "frozen":
+                os.kill(server_pid, signal.SIGCONT)
+            else:
+                lock_conn.exec_driver_sql("UNLOCK TABLES")
+        wait_for(lambda: ok_after(db_urls.core_url, "stuck", stuck_until), 3 * EVERY)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    locker.dispose()
+
+    rows = [r for r in runs(db_urls.core_url) if r.tick_at >= begin]
+    assert not [r for r in rows if r.status == "running"]
+    last_tick = max(r.tick_at for r in rows)
+    for tenant in ("DEFAULT", "maison_atelier"):
+        mine = sorted((r for r in rows if r.tenant == tenant), key=lambda r: r.tick_at)
+        ticks = [r.tick_at for r in mine]
+        assert ticks == [ticks[0] + timedelta(seconds=EVERY * i) for i in range(len(ticks))]
+        assert ticks[0] <= stuck_from and ticks[-1] == last_tick
+        assert {r.status for r in mine} == {"ok"}, [(r.tick_at, r.status, r.error) for r in mine]
+        late = max(r.started_at - r.tick_at for r in mine)
+        assert late < timedelta(seconds=1.5), late
+    during = [r for r in rows if r.tenant == "stuck" and stuck_from <= r.tick_at < stuck_until]
+    assert during, "no tick of the stuck tenant while it was stuck"
+    for row in during:
+        assert row.status == "failed", (row.tick_at, row.status, row.error)
+        assert row.error.startswith(f"timed out after {LIMIT} s"), row.error
+        assert row.ended_at < stuck_until
+        assert row.ended_at - row.started_at < timedelta(seconds=LIMIT + 1)
