@@ -41,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import dashboard_tenant  # noqa: E402
 
-from bgworkers import dbadmin  # noqa: E402
+from bgworkers import dbadmin, limits  # noqa: E402
 from bgworkers.clock import FixedClock  # noqa: E402
 from bgworkers.db import ensure_database  # noqa: E402
 from bgworkers.demo import Profile, generate  # noqa: E402
@@ -277,7 +277,7 @@ def main() -> None:
     args = parser.parse_args()
     with server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(settings_file(url, Path(tmp), "demo" if args.demo else "spec"))
-        dbs = Databases(settings)
+        dbs = Databases(settings, io_timeout=600)
         ensure_database(dbs.url(settings.database.core_url), settings.database)
         with dbs.core.begin() as conn:  # the data set is ~1 GB: keep it in memory
             conn.execute(sa.text("SET GLOBAL innodb_buffer_pool_size = 2147483648"))
@@ -295,11 +295,15 @@ def main() -> None:
                 log=get_logger(),
             )
 
+        def limit(job: str) -> float:
+            return settings.jobs.get(job).run_limit.total_seconds()
+
         def tick(*jobs: str) -> Callable[[], object]:
             def run() -> None:
                 clock.at += timedelta(minutes=1)  # a new snapshot each time, as in production
                 for job in jobs:
-                    counters = dashboard.run(ctx(job))
+                    with limits.limited(limit(job)):  # as the runner runs it
+                        counters = dashboard.run(ctx(job))
                     assert counters["errors"] == 0, counters
 
             return run
@@ -327,7 +331,8 @@ def main() -> None:
 
             def refresh(spec: dashboard.SummaryTable = spec, job_ctx: JobContext = job_ctx) -> None:
                 clock.at += timedelta(minutes=1)
-                dashboard.refresh(job_ctx, spec, dashboard.moment(job_ctx), 5000)
+                with limits.limited(limit("dashboard_fast")):
+                    dashboard.refresh(job_ctx, spec, dashboard.moment(job_ctx), 5000)
 
             def scan(query: sa.Select[Any] = scans[name]) -> None:
                 with engine.connect() as conn:
