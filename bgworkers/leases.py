@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from bgworkers import limits
 from bgworkers.db import db_now, error_line
 from bgworkers.jobs.base import LeaseLost
 from bgworkers.logs import get_logger
@@ -107,12 +108,12 @@ class Leases:
         engine = self._engine()
         for lease in held:
             started = time.monotonic()
-            try:
-                with engine.begin() as conn:
+            try:  # a renewal later than a third of the TTL is worth nothing more
+                with limits.limited(self.ttl / 3), engine.begin() as conn:
                     renewed = conn.execute(update(lease_table).where(
                         self._where(lease)).values(  # type: ignore[arg-type]
                         expires_at=db_now(engine, self.ttl))).rowcount
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, limits.RunTimedOut) as exc:
                 log.warning("lease_renew_failed", lease_group=lease.group, tenant=lease.tenant,
                             error=error_line(exc))
                 continue  # Lease.check() fails once a whole TTL passed without renewal
