@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +19,30 @@ from sqlalchemy.exc import IntegrityError
 from bgworkers.db import db_now
 from bgworkers.schema.own import run as run_table
 
-RUNNING, OK, FAILED, SKIPPED, MISSED = "running", "ok", "failed", "skipped", "missed"
+
+class RunStatus(StrEnum):
+    """What happened to one (job, tenant, tick); every state but RUNNING is final."""
+
+    RUNNING = "running"
+    OK = "ok"  # all of its work done
+    PARTIAL = "partial"  # ran to the end, but parts of its work failed (named in `error`)
+    FAILED = "failed"  # stopped by an error
+    TIMED_OUT = "timed_out"  # stopped at its runtime limit
+    INTERRUPTED = "interrupted"  # stopped because the daemon shut down
+    ABANDONED = "abandoned"  # its holder vanished; another run took the lease over
+    SKIPPED = "skipped"  # not run: the lease was held by another run
+    MISSED = "missed"  # not run: too late, previous run still going, or dropped at shutdown
+
+    @property
+    def failing(self) -> bool:
+        """A run that did not do its work (status reports it CRITICAL)."""
+        return self in FAILING
+
+
+FAILING = frozenset({RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.TIMED_OUT,
+                     RunStatus.ABANDONED})
+RUNNING, OK, FAILED, SKIPPED, MISSED = (RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED,
+                                        RunStatus.SKIPPED, RunStatus.MISSED)
 
 
 def claim(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str, host: str,

@@ -20,7 +20,7 @@ run = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", PreciseDateTime, nullable=False),
     Column("ended_at", PreciseDateTime),
-    # running, ok, failed, skipped, missed
+    # a history.RunStatus value
     Column("status", String(16), nullable=False),
     Column("counters", Text),  # JSON object
     Column("error", Text),
