@@ -17,7 +17,7 @@ from bgworkers import __version__
 from bgworkers.clock import SystemClock
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
-from bgworkers.scheduler import SECTIONS, describe_trigger, next_fire, plans, reconcile
+from bgworkers.scheduler import changed_sections, describe_trigger, next_fire, plans, reconcile
 from bgworkers.settings import Settings, SettingsError, config_path, load_settings
 from bgworkers.tenancy import Databases
 
@@ -110,7 +110,7 @@ def _reload_preview(other: Settings) -> None:
         print(f"\n(no reload preview: {exc})")
         return
     changes = reconcile(plans(current), plans(other))
-    sections = [s for s in SECTIONS if getattr(current, s) != getattr(other, s)]
+    sections = changed_sections(current, other)
     print(f"\nA reload from {current_path} to {other.source} would:")
     for verb, names in changes.describe().items():
         print(f"  {verb}: {', '.join(names)}")

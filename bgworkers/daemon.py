@@ -28,7 +28,7 @@ from bgworkers.logs import configure_logging, get_logger
 from bgworkers.metrics import Metrics
 from bgworkers.notify import notify, watchdog_interval
 from bgworkers.runner import Runner, TickResult
-from bgworkers.scheduler import SECTIONS, Scheduler, tick_identity
+from bgworkers.scheduler import Scheduler, changed_sections, tick_identity
 from bgworkers.settings import Settings, SettingsError, load_settings
 
 log = get_logger("bgworkers.daemon")
@@ -155,7 +155,7 @@ class Daemon:
         self.runner.update(new)
         self.settings, self.reload_error = new, None
         log.info("reload_applied", **changes.describe(),
-                 settings_changed=[s for s in SECTIONS if getattr(old, s) != getattr(new, s)],
+                 settings_changed=changed_sections(old, new),
                  jobs=self._next_runs())
         notify("READY=1", f"STATUS={self.status()}")
 
@@ -178,9 +178,16 @@ class Daemon:
 
         clean = self.runner.drain(grace, poll=second_signal)
         if not clean:
-            log.error("shutdown_grace_exceeded", running=self.runner.inflight(), grace_s=grace)
+            # The runs still going are given up: recorded `interrupted`, leases released.
+            # Their threads cannot be stopped; exiting closes their connections, so the
+            # servers roll their transactions back.
+            interrupted = self.runner.interrupt()
+            self.runner.close()
+            log.warning("shutdown_grace_exceeded", grace_s=grace, interrupted=interrupted)
+            log.info("daemon_stopped", interrupted=len(interrupted))
+            sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(1)  # tenant threads still run: their leases expire after the TTL
+            os._exit(0)
         self.runner.close()
         log.info("daemon_stopped")
         return 0

@@ -43,6 +43,7 @@ FAILING = frozenset({RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.TIMED_OUT,
                      RunStatus.ABANDONED})
 RUNNING, OK, FAILED, SKIPPED, MISSED = (RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED,
                                         RunStatus.SKIPPED, RunStatus.MISSED)
+_STILL_RUNNING = run_table.c.status == RUNNING.value
 
 
 def claim(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str, host: str,
@@ -52,7 +53,7 @@ def claim(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str,
         with engine.begin() as conn:
             conn.execute(insert(run_table).values(
                 job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
-                started_at=db_now(engine), status=RUNNING))
+                started_at=db_now(engine), status=RUNNING.value))
     except IntegrityError:
         return False
     return True
@@ -65,13 +66,16 @@ def started(engine: Engine, run_id: str) -> None:
             started_at=db_now(engine)))
 
 
-def finish(engine: Engine, run_id: str, status: str, counters: Mapping[str, int] | None = None,
-           error: str | None = None) -> None:
+def finish(engine: Engine, run_id: str, status: RunStatus,
+           counters: Mapping[str, int] | None = None, error: str | None = None) -> bool:
+    """Close a running row.  False when it was no longer running: another holder has
+    already recorded its end (e.g. abandoned after a takeover), which stays as it is."""
     with engine.begin() as conn:
-        conn.execute(update(run_table).where(run_table.c.run_id == run_id).values(
-            status=status, ended_at=db_now(engine),
+        return bool(conn.execute(update(run_table).where(
+            run_table.c.run_id == run_id, _STILL_RUNNING).values(
+            status=status.value, ended_at=db_now(engine),
             counters=json.dumps(dict(counters)) if counters is not None else None,
-            error=error[:65000] if error else None))
+            error=error[:65000] if error else None)).rowcount)
 
 
 def record_missed(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str,
@@ -81,7 +85,7 @@ def record_missed(engine: Engine, job: str, tenant: str, tick_at: datetime, run_
         with engine.begin() as conn:
             conn.execute(insert(run_table).values(
                 job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
-                started_at=db_now(engine), ended_at=db_now(engine), status=MISSED,
+                started_at=db_now(engine), ended_at=db_now(engine), status=MISSED.value,
                 error=reason))
     except IntegrityError:
         return False
@@ -92,8 +96,8 @@ def mark_abandoned(engine: Engine, run_id: str, by_holder: str) -> int:
     """The run whose lease expired (its process died or lost the network) did not finish."""
     with engine.begin() as conn:
         return conn.execute(update(run_table).where(
-            run_table.c.run_id == run_id, run_table.c.status == RUNNING).values(
-            status=FAILED, ended_at=db_now(engine),
+            run_table.c.run_id == run_id, _STILL_RUNNING).values(
+            status=RunStatus.ABANDONED.value, ended_at=db_now(engine),
             error=f"abandoned: lease expired, taken over by {by_holder}")).rowcount
 
 

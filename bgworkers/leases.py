@@ -119,9 +119,13 @@ class Leases:
                 continue  # Lease.check() fails once a whole TTL passed without renewal
             if renewed == 1:
                 lease.renewed = started
-            else:
+                continue
+            with self._lock:
+                released = lease.token not in self._held
+            if not released:  # not the run ending meanwhile: another holder has it
                 lease.lost.set()
-                log.error("lease_lost", lease_group=lease.group, tenant=lease.tenant)
+                log.error("lease_lost", lease_group=lease.group, tenant=lease.tenant,
+                          run_id=lease.token)
 
     def start(self) -> None:
         self._stop.clear()

@@ -114,6 +114,11 @@ def check() -> None:
         limit.check()
 
 
+def cut_all() -> None:
+    """End every run now, as if its limit had passed (a shutdown giving up on them)."""
+    _watchdog.fire(everyone=True)
+
+
 # ------------------------------------------------------------------ engine hooks
 
 
@@ -258,14 +263,19 @@ class _Watchdog:
     def _loop(self) -> None:
         while True:
             time.sleep(WATCH_EVERY)
-            now = time.monotonic()
-            with self._lock:
-                due = [lim for lim in self._limits if not lim.fired and now >= lim.deadline]
-                for limit in due:
-                    limit.fired = True
-                    for cut in list(limit.connections.values()):
-                        with contextlib.suppress(Exception):  # the watchdog never dies
-                            cut()
+            self.fire()
+
+    def fire(self, everyone: bool = False) -> None:
+        """Cut the connections of the runs past their limit (or of every run)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [lim for lim in self._limits
+                   if not lim.fired and (everyone or now >= lim.deadline)]
+            for limit in due:
+                limit.fired = True
+                for cut in list(limit.connections.values()):
+                    with contextlib.suppress(Exception):  # the watchdog never dies
+                        cut()
 
 
 _watchdog = _Watchdog()

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from structlog.typing import FilteringBoundLogger
 
 from bgworkers import alerts, history, limits
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
+from bgworkers.history import FAILING, RunStatus
 from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost
 from bgworkers.leases import Lease, Leases
@@ -44,30 +46,39 @@ def _databases(settings: Settings) -> Databases:
 
 
 def _outcome(future: Future[TenantResult]) -> TenantResult:
-    """A run's result; a run cancelled at shutdown before it started is skipped."""
+    """A run's result; a run cancelled at shutdown before it started was missed."""
     if future.cancelled():
-        return TenantResult("skipped", error="shutting down")
+        return TenantResult(MISSED, error=DROPPED)
     try:
         return future.result()
     except Exception as exc:  # a bug in the runner itself: still one tenant's failure
         log.exception("run_crashed", error=_short(exc))
-        return TenantResult("failed", error=traceback.format_exc())
+        return TenantResult(RunStatus.FAILED, error=traceback.format_exc())
 
 
 #: Limit of the daemon's own statements around runs: tenant discovery, tick
 #: claims, leases, history.  Generous: they are single-row writes.
 BOOKKEEPING_LIMIT = 30.0
+#: A TenantResult status that is no history state: another replica ran the tick.
+CLAIMED = "claimed"
+MISSED, OK = RunStatus.MISSED.value, RunStatus.OK.value
+DROPPED = "dropped at shutdown: the daemon stopped before this run started"
+STILL_RUNNING = "previous run of this tenant still running"
+#: Outcomes that count as an error of the tick (a partial run counts its own errors).
+_ERRORS = {s.value for s in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.ABANDONED)}
+_FAILING = {s.value for s in FAILING}
 
 
 @dataclass
 class TenantResult:
-    # ok, failed, skipped (lease held elsewhere), claimed (tick run elsewhere),
-    # missed (this tenant's previous run of the job was still going)
-    status: str
+    status: str  # a RunStatus value, or CLAIMED
     counters: Counters = field(default_factory=dict)
     error: str | None = None
     alerts: list[alerts.Alert] = field(default_factory=list)
-    timed_out: bool = False
+
+    @property
+    def failing(self) -> bool:
+        return self.status in _FAILING
 
 
 @dataclass
@@ -76,31 +87,45 @@ class TickResult:
     tick_at: datetime
     tenants: dict[str, TenantResult] = field(default_factory=dict)
     error: str | None = None  # the tick itself failed (e.g. tenants could not be listed)
+    dry_run: bool = False
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or any(r.status == "failed" for r in self.tenants.values())
+        return self.error is not None or any(r.failing for r in self.tenants.values())
 
     def total(self, counter_names: tuple[str, ...]) -> Counters:
         total: Counter[str] = Counter({name: 0 for name in counter_names})
         for result in self.tenants.values():
             total.update(result.counters)
-            if result.status in ("ok", "failed"):
+            if result.status not in (CLAIMED, MISSED, RunStatus.SKIPPED.value):
                 total["tenants"] += 1
-            if result.status == "failed":
+            if result.status in _ERRORS:
                 total["errors"] += 1
-            if result.status in ("skipped", "missed"):
+            if result.status in (RunStatus.SKIPPED.value, MISSED):
                 total[result.status] += 1
         return dict(total)
 
     def as_json(self, counter_names: tuple[str, ...]) -> dict[str, Any]:
-        return {
+        out = {
             "job": self.job,
-            "tenants": {code: r.counters | ({r.status: 1} if r.status in ("skipped", "missed")
+            "tenants": {code: r.counters | ({r.status: 1} if r.status in ("skipped", MISSED)
                                             else {})
                         for code, r in self.tenants.items()},
             "total": self.total(counter_names),
         }
+        return out | {"dry_run": True} if self.dry_run else out
+
+
+@dataclass
+class _Run:
+    """A queued or running (job, tenant) run of this process."""
+
+    job: str
+    tenant: str
+    tick_at: datetime
+    future: Future[TenantResult] | None = None
+    run_id: str | None = None  # once its tick is claimed
+    lease: Lease | None = None  # once it holds the lease
 
 
 class Runner:
@@ -110,7 +135,8 @@ class Runner:
     and a tenant whose previous run of the job is still going misses this tick
     alone.  A tenant whose last run timed out (a stuck database) runs in a
     one-worker slow lane until a run of it succeeds, so stuck tenants never
-    hold the workers the others need.
+    hold the workers the others need.  A history write that fails is kept and
+    written again once the coordination database answers (`flush_history`).
     """
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
@@ -128,7 +154,8 @@ class Runner:
         self.stopping = threading.Event()
         self.metrics: Metrics | None = None  # the daemon's; run-once has none
         self.last_error: str | None = None
-        self._running: dict[tuple[str, str], Future[TenantResult]] = {}
+        self._runs: dict[tuple[str, str], _Run] = {}
+        self._unwritten: list[tuple[str, Callable[[Engine], object]]] = []
         self._lock = threading.Lock()
 
     def update(self, settings: Settings) -> None:
@@ -143,6 +170,8 @@ class Runner:
             old_pool.shutdown(wait=False)
         old_dbs.dispose()  # connections still checked out close when returned
 
+    # -------------------------------------------------------------- ticks
+
     def tick(self, job: str, tick_at: datetime, *, only: str | None = None,
              dry_run: bool = False, wait: bool = True,
              on_done: Callable[[TickResult], None] | None = None) -> TickResult:
@@ -150,12 +179,22 @@ class Runner:
 
         wait=True (run-once): returns once every tenant run has ended.  wait=False
         (the daemon): returns once the runs are queued; `on_done` gets the result
-        when the last of them ends.
+        when the last of them ends.  A dry run (the flag, or the job's `dry_run`
+        setting) writes nothing anywhere: no history, no lease.
         """
         spec = BY_NAME[job]
-        result = TickResult(job, tick_at)
-        started = time.monotonic()
         settings, dbs = self.settings, self.dbs
+        dry_run = dry_run or bool(getattr(settings.jobs.get(job), "dry_run", False))
+        result = TickResult(job, tick_at, dry_run=dry_run)
+        started = time.monotonic()
+        self.flush_history()
+
+        def finished() -> None:
+            if result.error is None:
+                self._summarize(spec, result, started)
+            if on_done is not None:
+                on_done(result)
+
         try:
             with limits.limited(BOOKKEEPING_LIMIT):
                 tenants, problems = discover(settings, dbs.core)
@@ -163,34 +202,26 @@ class Runner:
             result.error = f"cannot list tenants from the core database: {_short(exc)}"
             self.last_error = result.error
             log.error("tenant_discovery_failed", job=job, error=result.error)
-            if on_done is not None:
-                on_done(result)
+            finished()
             return result
         if only is not None:
             tenants = [t for t in tenants if t.code == only]
             problems = [p for p in problems if p.code == only]
             if not tenants and not problems:
                 result.error = self._why_not(only)
-                if on_done is not None:
-                    on_done(result)
+                finished()
                 return result
         for problem in problems:
-            result.tenants[problem.code] = TenantResult("failed", {}, problem.error)
+            result.tenants[problem.code] = TenantResult(RunStatus.FAILED, {}, problem.error)
             log.error("tenant_refused", job=job, tenant=problem.code, error=problem.error)
         futures: dict[str, Future[TenantResult]] = {}
         for tenant in tenants:
             future = self._submit(spec, tenant, tick_at, dry_run, settings, dbs)
             if future is None:
-                result.tenants[tenant.code] = self._tenant_missed(
-                    job, tenant.code, tick_at, "previous run of this tenant still running")
+                result.tenants[tenant.code] = self._tenant_missed(job, tenant.code, tick_at,
+                                                                  STILL_RUNNING)
             else:
                 futures[tenant.code] = future
-
-        def finished() -> None:
-            self._summarize(spec, result, started)
-            if on_done is not None:
-                on_done(result)
-
         if wait:
             for code, future in futures.items():
                 result.tenants[code] = _outcome(future)
@@ -229,7 +260,7 @@ class Runner:
         worst = "warning" if result.failed else alerts.level(
             a for r in result.tenants.values() for a in r.alerts)
         log.log(alerts.LEVELS[worst], "job_run_summary",
-                job=spec.name, tick=result.tick_at.isoformat(),
+                job=spec.name, tick=result.tick_at.isoformat(), dry_run=result.dry_run,
                 ms=int((time.monotonic() - started) * 1000),
                 **{f"tenants_{k}": v for k, v in statuses.items()}, **total)
 
@@ -238,49 +269,56 @@ class Runner:
         """Queue the tenant's run; None when its previous run of this job is still going."""
         key = (spec.name, tenant.code)
         with self._lock:
-            if key in self._running:
+            if key in self._runs:
                 return None
+            run = _Run(spec.name, tenant.code, tick_at)
             lane = self.slow_lane if tenant.code in self.stalled else self.pool
-            future = lane.submit(self._run_tenant, spec, tenant, tick_at, dry_run, settings, dbs)
-            self._running[key] = future
+            run.future = future = lane.submit(self._run_tenant, run, spec, tenant, dry_run,
+                                              settings, dbs)
+            self._runs[key] = run
         future.add_done_callback(functools.partial(self._done, key))
         return future
 
     def _done(self, key: tuple[str, str], future: Future[TenantResult]) -> None:
         with self._lock:
-            if self._running.get(key) is future:
-                del self._running[key]
+            run = self._runs.get(key)
+            if run is not None and run.future is future:
+                del self._runs[key]
 
-    def _run_tenant(self, spec: JobSpec, tenant: Tenant, tick_at: datetime, dry_run: bool,
+    # -------------------------------------------------------------- one tenant run
+
+    def _run_tenant(self, run: _Run, spec: JobSpec, tenant: Tenant, dry_run: bool,
                     settings: Settings, dbs: Databases) -> TenantResult:
         if self.stopping.is_set():
-            return TenantResult("skipped", error="shutting down")
+            return self._tenant_missed(spec.name, tenant.code, run.tick_at, DROPPED)
         run_id = str(uuid.uuid4())
         with log_context(job=spec.name, tenant=tenant.code, run_id=run_id):
             tenant_log = get_logger("bgworkers.job")
+            job_settings = settings.jobs.get(spec.name)
+            ctx = JobContext(job=spec.name, tenant=tenant, settings=settings, dbs=dbs,
+                             clock=self.clock, log=tenant_log, dry_run=dry_run)
+            if dry_run:  # reads only: no claim, no lease, no history
+                return self._execute(spec, ctx, job_settings.run_limit.total_seconds())
             with limits.limited(BOOKKEEPING_LIMIT):
-                lease = self._start(spec, tenant.code, tick_at, run_id, dbs, tenant_log)
+                lease = self._start(spec, tenant.code, run.tick_at, run_id, dbs, tenant_log)
             if isinstance(lease, TenantResult):
-                if lease.status != "claimed":
+                if lease.status != CLAIMED:
                     self._measure(spec.name, tenant.code, lease, None)
                 return lease
+            with self._lock:
+                run.run_id, run.lease = run_id, lease
             started = time.monotonic()
-            job_settings = settings.jobs.get(spec.name)
-            dry_run = dry_run or bool(getattr(job_settings, "dry_run", False))
-            ctx = JobContext(job=spec.name, tenant=tenant, settings=settings, dbs=dbs,
-                             clock=self.clock, log=tenant_log, dry_run=dry_run, guard=lease)
+            ctx.guard = lease
             try:
                 result = self._execute(spec, ctx, job_settings.run_limit.total_seconds())
-                with limits.limited(BOOKKEEPING_LIMIT):
-                    self._finish(dbs.coordination, run_id, result.status, result.counters,
-                                 result.error)
+                self._record(dbs, run_id, result)
             finally:  # after the history row is closed: its interval lies inside the lease
                 with limits.limited(BOOKKEEPING_LIMIT):
                     self.leases.release(lease)
             with self._lock:
-                if result.timed_out:
+                if result.status == RunStatus.TIMED_OUT:
                     self.stalled.add(tenant.code)
-                elif result.status == "ok":
+                elif result.status == OK:
                     self.stalled.discard(tenant.code)
             self._measure(spec.name, tenant.code, result, time.monotonic() - started)
             return result
@@ -295,28 +333,39 @@ class Runner:
                dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
         """Claim the tick and take the lease; a TenantResult when the run must not go on."""
         coordination = dbs.coordination
+        tick = tick_at.astimezone(UTC).replace(tzinfo=None)
+        claimed = False
         lease = None
         try:
-            if not history.claim(coordination, spec.name, tenant,
-                                 tick_at.astimezone(UTC).replace(tzinfo=None), run_id,
-                                 self.host, self.pid):
+            if not history.claim(coordination, spec.name, tenant, tick, run_id, self.host,
+                                 self.pid):
                 tenant_log.debug("tick_claimed_elsewhere", tick=tick_at.isoformat())
-                return TenantResult("claimed")
+                return TenantResult(CLAIMED)
+            claimed = True
             lease = self.leases.acquire(spec.lease_group, tenant, run_id)
             if lease is None:
                 tenant_log.info("lease_busy", lease_group=spec.lease_group)
-                history.finish(coordination, run_id, "skipped", None, "lease held by another run")
-                return TenantResult("skipped", error="lease held by another run")
+                history.finish(coordination, run_id, RunStatus.SKIPPED, None,
+                               "lease held by another run")
+                return TenantResult(RunStatus.SKIPPED, error="lease held by another run")
             if lease.previous is not None:
                 history.mark_abandoned(coordination, lease.previous, self.leases.holder)
             history.started(coordination, run_id)
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
             if lease is not None:
                 self.leases.release(lease)
-            error = f"coordination database: {_short(exc)}"
+            error = f"not run: coordination database unavailable: {_short(exc)}"
             tenant_log.error("run_not_started", error=error)
             self.last_error = error
-            return TenantResult("failed", error=error)
+            # Recorded once the database answers again: the tick has a row either way.
+            if claimed:
+                self._defer(f"finish {run_id}", functools.partial(
+                    history.finish, run_id=run_id, status=RunStatus.MISSED, error=error))
+            else:
+                self._defer(f"missed {spec.name}/{tenant}", functools.partial(
+                    history.record_missed, job=spec.name, tenant=tenant, tick_at=tick,
+                    run_id=run_id, host=self.host, pid=self.pid, reason=error))
+            return TenantResult(RunStatus.FAILED, error=error)
         return lease
 
     def _execute(self, spec: JobSpec, ctx: JobContext, limit_s: float) -> TenantResult:
@@ -325,39 +374,82 @@ class Runner:
         started = time.monotonic()
         with limits.limited(limit_s) as limit:
             try:
-                result = TenantResult("ok", dict(spec.run(ctx)))
+                result = TenantResult(OK, dict(spec.run(ctx)))
             except LeaseLost as exc:
-                result = TenantResult("failed", error=f"lease lost: {exc}")
+                result = TenantResult(RunStatus.FAILED, error=f"lease lost: {exc}")
                 ctx.log.error("run_lease_lost", error=result.error)
             except Exception as exc:  # one tenant never hurts another
                 if limit.expired():
-                    result = TenantResult("failed", error=limit.error(), timed_out=True)
+                    result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())
                 else:
-                    result = TenantResult("failed", error=traceback.format_exc())
+                    result = TenantResult(RunStatus.FAILED, error=traceback.format_exc())
                     ctx.log.exception("run_failed", error=_short(exc))
                 self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
-            if limit.fired and not result.timed_out:  # the job went on after its cut
-                result = TenantResult("failed", error=limit.error(), timed_out=True)
-        if result.timed_out:
+            if limit.fired and result.status != RunStatus.TIMED_OUT:  # went on after its cut
+                result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())
+        ms = int((time.monotonic() - started) * 1000)
+        if result.status == RunStatus.TIMED_OUT:
             self.last_error = f"{spec.name}/{ctx.tenant.code}: {result.error}"
-            ctx.log.error("run_timed_out", error=result.error, limit_s=limit_s,
-                          ms=int((time.monotonic() - started) * 1000))
-        if result.status == "ok":
+            ctx.log.error("run_timed_out", error=result.error, limit_s=limit_s, ms=ms)
+        if result.status == OK and (ctx.problems or result.counters.get("errors")):
+            result.status = RunStatus.PARTIAL
+            result.error = "\n".join(ctx.problems) or (
+                f"{result.counters['errors']} part(s) of the run failed (see its log events)")
+            self.last_error = f"{spec.name}/{ctx.tenant.code}: {result.error.splitlines()[0]}"
+        if result.status in (OK, RunStatus.PARTIAL):
             result.alerts = alerts.check(spec.name, result.counters, ctx.settings.alerts)
-            ctx.log.log(alerts.LEVELS[alerts.level(result.alerts)], "job_tenant_result",
-                        status=result.status, ms=int((time.monotonic() - started) * 1000),
-                        dry_run=ctx.dry_run, **result.counters)
+            level = alerts.level(result.alerts)
+            if result.status == RunStatus.PARTIAL:
+                level = max(level, "warning", key=alerts.LEVELS.__getitem__)
+            ctx.log.log(alerts.LEVELS[level], "job_tenant_result", status=result.status,
+                        ms=ms, dry_run=ctx.dry_run, **result.counters,
+                        **({"error": result.error} if result.error else {}))
             for alert in result.alerts:
                 ctx.log.log(alerts.LEVELS[alert.level], alert.event, counter=alert.counter,
                             value=alert.value, threshold=alert.threshold)
         return result
 
-    def _finish(self, engine: Any, run_id: str, status: str, counters: Counters | None,
-                error: str | None) -> None:
+    # -------------------------------------------------------------- history
+
+    def _record(self, dbs: Databases, run_id: str, result: TenantResult) -> None:
+        """Close the run's history row with its outcome, now or once the database answers."""
+        write = functools.partial(history.finish, run_id=run_id,
+                                  status=RunStatus(result.status), counters=result.counters,
+                                  error=result.error)
         try:
-            history.finish(engine, run_id, status, counters, error)
-        except SQLAlchemyError as exc:
-            log.error("history_write_failed", run_id=run_id, error=_short(exc))
+            with limits.limited(BOOKKEEPING_LIMIT):
+                if not write(dbs.coordination):
+                    log.warning("run_end_not_recorded", run_id=run_id, status=result.status,
+                                reason="its history row was closed by another holder "
+                                       "(taken over as abandoned); that record stands")
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
+            log.warning("history_write_deferred", run_id=run_id, error=_short(exc))
+            self._defer(f"finish {run_id}", write)
+
+    def _defer(self, what: str, write: Callable[[Engine], object]) -> None:
+        with self._lock:
+            self._unwritten.append((what, write))
+
+    def flush_history(self) -> int:
+        """Write the history rows that failed earlier, in order; returns how many are left."""
+        with self._lock:
+            pending, self._unwritten = self._unwritten, []
+        left: list[tuple[str, Callable[[Engine], object]]] = []
+        for what, write in pending:
+            if left:  # the database is still away: keep the order
+                left.append((what, write))
+                continue
+            try:
+                with limits.limited(BOOKKEEPING_LIMIT):
+                    write(self.dbs.coordination)
+            except (SQLAlchemyError, limits.RunTimedOut) as exc:
+                log.warning("history_write_deferred", write=what, error=_short(exc))
+                left.append((what, write))
+        if pending and not left:
+            log.info("history_writes_recovered", rows=len(pending))
+        with self._lock:
+            self._unwritten[:0] = left
+            return len(self._unwritten)
 
     def record_missed(self, job: str, tick_at: datetime, reason: str) -> None:
         """Record a tick that did not run here for every tenant (a no-op where one ran it)."""
@@ -375,35 +467,41 @@ class Runner:
     def _tenant_missed(self, job: str, tenant: str, tick_at: datetime,
                        reason: str) -> TenantResult:
         """Record that this tenant's tick did not run here (a no-op where another ran it)."""
+        write = functools.partial(
+            history.record_missed, job=job, tenant=tenant,
+            tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
+            host=self.host, pid=self.pid, reason=reason)
         try:
             with limits.limited(BOOKKEEPING_LIMIT):
-                history.record_missed(self.dbs.coordination, job, tenant,
-                                      tick_at.astimezone(UTC).replace(tzinfo=None),
-                                      str(uuid.uuid4()), self.host, self.pid, reason)
+                write(self.dbs.coordination)
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            log.error("history_write_failed", job=job, tenant=tenant, error=_short(exc))
+            log.warning("history_write_deferred", job=job, tenant=tenant, error=_short(exc))
+            self._defer(f"missed {job}/{tenant}", write)
         log.warning("tenant_tick_missed", job=job, tenant=tenant, tick=tick_at.isoformat(),
                     reason=reason)
         if self.metrics is not None:
             self.metrics.missed.labels(job).inc()
-        return TenantResult("missed", error=reason)
+        return TenantResult(MISSED, error=reason)
+
+    # -------------------------------------------------------------- shutdown
 
     def inflight(self) -> int:
         with self._lock:
-            return len(self._running)
+            return len(self._runs)
 
     def running(self) -> list[tuple[str, str]]:
         """(job, tenant) of the runs queued or going."""
         with self._lock:
-            return sorted(self._running)
+            return sorted(self._runs)
 
     def drain(self, timeout: float, poll: Any = None) -> bool:
-        """Stop starting tenant runs; wait for running ones. True when all finished in time."""
+        """Start no more tenant runs (the queued ones are recorded missed); wait for the
+        running ones.  True when all finished in time."""
         self.stopping.set()
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                pending = set(self._running.values())
+                pending = {run.future for run in self._runs.values() if run.future is not None}
             if not pending:
                 return True
             left = deadline - time.monotonic()
@@ -413,9 +511,42 @@ class Runner:
             if poll is not None:
                 poll()
 
+    def interrupt(self) -> list[str]:
+        """Give up on the runs still going (past the shutdown grace): record them
+        `interrupted` and release their leases.  Returns 'job/tenant' of each."""
+        limits.cut_all()  # their next statement fails; the servers roll them back
+        with self._lock:
+            runs = [run for run in self._runs.values() if run.run_id is not None]
+        error = (f"interrupted: the daemon stopped and the run had not finished within "
+                 f"shutdown_grace ({self.settings.scheduler.shutdown_grace.total_seconds():g} s)")
+        for run in runs:
+            assert run.run_id is not None
+            with limits.limited(BOOKKEEPING_LIMIT):
+                try:
+                    history.finish(self.dbs.coordination, run.run_id, RunStatus.INTERRUPTED,
+                                   None, error)
+                except (SQLAlchemyError, limits.RunTimedOut) as exc:
+                    log.error("history_write_failed", job=run.job, tenant=run.tenant,
+                              error=_short(exc))
+            if run.lease is not None:
+                with limits.limited(BOOKKEEPING_LIMIT):
+                    self.leases.release(run.lease)
+            log.error("run_interrupted", job=run.job, tenant=run.tenant, run_id=run.run_id,
+                      error=error)
+        return [f"{run.job}/{run.tenant}" for run in runs]
+
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.slow_lane.shutdown(wait=False, cancel_futures=True)
+        self.stopping.set()
+        for lane in (self.pool, self.slow_lane):
+            lane.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            dropped = [run for run in self._runs.values()
+                       if run.future is not None and run.future.cancelled()]
+        for run in dropped:  # queued, never started: the tick has a row all the same
+            self._tenant_missed(run.job, run.tenant, run.tick_at, DROPPED)
+        left = self.flush_history()
+        if left:
+            log.error("history_writes_lost", rows=left,
+                      reason="the coordination database did not answer before exit")
         self.leases.stop()
         self.dbs.dispose()
-

@@ -27,8 +27,11 @@ from bgworkers.settings import JobSettings, SchedulerSettings, Settings, format_
 #: Intervals count from the epoch, so a 5-minute job fires at :00, :05, ... UTC on every
 #: replica, and replicas agree on the identity (scheduled time) of each tick.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Settings sections (a reload reports which of them changed).
-SECTIONS = ("database", "tenants", "erp", "scheduler", "logging", "jobs")
+
+
+def changed_sections(old: Settings, new: Settings) -> list[str]:
+    """The settings sections that differ (every section of the model, in its order)."""
+    return [name for name in Settings.model_fields if getattr(old, name) != getattr(new, name)]
 
 
 def make_trigger(job: JobSettings, scheduler: SchedulerSettings, jitter: bool = True) -> Any:

@@ -55,6 +55,12 @@ class JobContext:
     log: FilteringBoundLogger
     dry_run: bool = False
     guard: Guard = field(default_factory=NoGuard)
+    #: Parts of the work that failed while the run went on (the run is then `partial`).
+    problems: list[str] = field(default_factory=list)
+
+    def part_failed(self, part: str, error: str) -> None:
+        """Record that one part of the run's work failed; the rest goes on."""
+        self.problems.append(f"{part}: {error}")
 
     @property
     def job_settings(self) -> JobSettings:

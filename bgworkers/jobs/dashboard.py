@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.db import is_sqlite
+from bgworkers.db import error_line, is_sqlite
 from bgworkers.jobs import dashboard_cycle as cycle
 from bgworkers.jobs import dashboard_now as now
 from bgworkers.jobs import dashboard_trends as trends
@@ -118,13 +118,9 @@ def run(ctx: JobContext) -> Counters:
             written, deleted = refresh(ctx, TABLES[name], m, settings.delete_batch)
         except SQLAlchemyError as exc:
             counters["errors"] += 1
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            ctx.log.error(
-                "dashboard_table_failed",
-                table=name,
-                error=reason[0] if reason else "",
-                ms=_ms(started),
-            )
+            ctx.part_failed(f"table {name}", error_line(exc))
+            ctx.log.error("dashboard_table_failed", table=name, error=error_line(exc),
+                          ms=_ms(started))
             continue
         counters["tables"] += 1
         counters["rows_written"] += written

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from daemon_helpers import NotifyListener, daemon, events, heartbeat_settings, runs, tenant_setup
 from helpers import DbUrls
 
@@ -176,3 +177,30 @@ every = "1h"
     assert samples['bgworkers_outbox_rows{status="pending",tenant="DEFAULT"}'] == 0
     assert samples['bgworkers_outbox_oldest_pending_age_seconds{tenant="DEFAULT"}'] == 0
     assert samples['bgworkers_quarantine_open{reason="orphaned",tenant="DEFAULT"}'] == 0
+
+
+def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
+        urls: DbUrls, tmp_path: Path, listener: NotifyListener) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="60s")
+    tenant_setup(urls, config, ["DEFAULT", "maison_atelier"])
+    log = tmp_path / "d.log"
+    env = {"NOTIFY_SOCKET": listener.path, "BGWORKERS_SCHEDULER__SHUTDOWN_GRACE": "1s"}
+    with daemon(config, env, log) as proc:
+        listener.wait_for("READY")
+        wait_until(lambda: sum(r.status == "running" for r in runs(urls.core_url)) == 2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - started < 5
+    history = runs(urls.core_url)
+    assert {(r.tenant, r.status) for r in history} == {
+        ("DEFAULT", "interrupted"), ("maison_atelier", "interrupted")}
+    assert all(r.error.startswith("interrupted: the daemon stopped") for r in history)
+    assert all(r.ended_at is not None for r in history)
+    exceeded = events(log, "shutdown_grace_exceeded")
+    assert sorted(exceeded[0]["interrupted"]) == ["heartbeat/DEFAULT", "heartbeat/maison_atelier"]
+    assert {e["tenant"] for e in events(log, "run_interrupted")} == {"DEFAULT", "maison_atelier"}
+    engine = sa.create_engine(urls.core_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM bgw_lease")).scalar_one() == 0
+    engine.dispose()

@@ -12,7 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from daemon_helpers import daemon, heartbeat_settings, runs, tenant_setup
+from daemon_helpers import daemon, events, heartbeat_settings, runs, tenant_setup
 from helpers import DbUrls
 
 pytestmark = pytest.mark.mariadb
@@ -52,7 +52,7 @@ def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_pa
     assert len(ticks) == len(set(ticks)), "a tick ran twice"
     held = defaultdict(list)  # lease group (= job here) and tenant -> run intervals
     for row in history:
-        if row.status in ("ok", "failed"):
+        if row.status not in ("skipped", "missed", "running"):  # it held the lease
             held[(row.job, row.tenant)].append((row.started_at, row.ended_at, row.pid))
     for key, intervals in held.items():
         intervals.sort()
@@ -95,7 +95,7 @@ def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path)
 
     history = runs(urls.core_url)
     dead = next(r for r in history if r.run_id == dead_run.run_id)
-    assert dead.status == "failed"
+    assert dead.status == "abandoned"
     assert dead.error.startswith("abandoned: lease expired, taken over by ")
     assert dead.ended_at is not None
     first_ok = min(r.started_at for r in history if r.status == "ok")
@@ -103,3 +103,43 @@ def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path)
     assert taken_after < 3 + 5  # TTL 3 s, plus a tick and some slack
     skipped = [r for r in history if r.status == "skipped"]
     assert skipped, "while the dead holder's lease was valid, runs were turned away"
+
+
+def test_a_frozen_holder_resumed_after_a_takeover_leaves_the_record_alone(
+        urls: DbUrls, tmp_path: Path) -> None:
+    """The successor's `abandoned` row is final: the late end of the frozen run
+    does not overwrite it, and nothing in history shows overlapping runs."""
+    holder = heartbeat_settings(tmp_path / "holder.toml", urls, every="1s", hold="8s")
+    tenant_setup(urls, holder, ["DEFAULT"])
+    taker = heartbeat_settings(tmp_path / "taker.toml", urls, every="1s", hold="0s")
+    with daemon(holder, log=tmp_path / "holder.log") as frozen:
+        deadline = time.monotonic() + 20
+        while not any(r.status == "running" for r in runs(urls.core_url)):
+            assert time.monotonic() < deadline, "the first daemon never started a run"
+            time.sleep(0.1)
+        frozen.send_signal(signal.SIGSTOP)
+        held_run = next(r for r in runs(urls.core_url) if r.status == "running")
+        with daemon(taker, log=tmp_path / "taker.log") as successor:
+            deadline = time.monotonic() + 20
+            while not any(r.status == "ok" and r.pid == successor.pid
+                          for r in runs(urls.core_url)):
+                assert time.monotonic() < deadline, "the tenant was never taken over"
+                time.sleep(0.1)
+            successor.send_signal(signal.SIGTERM)
+            assert successor.wait(30) == 0
+        recorded = next(r for r in runs(urls.core_url) if r.run_id == held_run.run_id)
+        assert recorded.status == "abandoned"
+        frozen.send_signal(signal.SIGCONT)  # it wakes up past its TTL, mid-run
+        deadline = time.monotonic() + 15
+        while not events(tmp_path / "holder.log", "run_end_not_recorded"):
+            assert time.monotonic() < deadline, "the resumed holder never tried to end its run"
+            time.sleep(0.2)
+        frozen.send_signal(signal.SIGTERM)
+        assert frozen.wait(30) == 0
+    after = next(r for r in runs(urls.core_url) if r.run_id == held_run.run_id)
+    assert (after.status, after.error, after.ended_at) == (
+        recorded.status, recorded.error, recorded.ended_at)
+    ended = events(tmp_path / "holder.log", "run_end_not_recorded")
+    assert ended[0]["run_id"] == held_run.run_id
+    assert not events(tmp_path / "holder.log", "lease_lost") or all(
+        e.get("run_id") != held_run.run_id for e in events(tmp_path / "holder.log", "lease_lost"))

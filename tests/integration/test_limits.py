@@ -85,7 +85,7 @@ def test_a_held_lock_ends_only_that_tenants_run(db_urls: DbUrls, config: Path) -
             took = time.monotonic() - started
         stuck, other = result.tenants["DEFAULT"], result.tenants["maison_atelier"]
         assert other.status == "ok"
-        assert stuck.status == "failed" and stuck.timed_out
+        assert stuck.status == "timed_out"
         assert stuck.error is not None
         assert stuck.error.startswith(f"timed out after {LIMIT:g} s in: ")
         assert LIMIT - 0.1 < took < LIMIT + 1.5, took
@@ -99,8 +99,8 @@ def test_a_held_lock_ends_only_that_tenants_run(db_urls: DbUrls, config: Path) -
         runner.close()
     rows = {(r.tenant, r.tick_at): r for r in runs(db_urls.core_url)}
     failed = rows["DEFAULT", TICK.replace(tzinfo=None)]
-    assert (failed.status, failed.error) == ("failed", stuck.error)
-    assert {r.status for r in rows.values()} == {"ok", "failed"}
+    assert (failed.status, failed.error) == ("timed_out", stuck.error)
+    assert {r.status for r in rows.values()} == {"ok", "timed_out"}
 
 
 def test_a_slow_tenant_misses_its_own_ticks_only(db_urls: DbUrls, config: Path) -> None:
@@ -127,13 +127,13 @@ def test_a_slow_tenant_misses_its_own_ticks_only(db_urls: DbUrls, config: Path) 
             assert second.tenants["maison_atelier"].status == "ok"
             assert finished.wait(LIMIT + 5)
         assert done == [first]
-        assert first.tenants["DEFAULT"].timed_out
+        assert first.tenants["DEFAULT"].status == "timed_out"
         assert runner.running() == []
     finally:
         runner.close()
     rows = {(r.tenant, r.tick_at.isoformat()): (r.status, r.error) for r in runs(db_urls.core_url)}
     assert rows == {
-        ("DEFAULT", "2026-11-22T10:00:00"): ("failed", first.tenants["DEFAULT"].error),
+        ("DEFAULT", "2026-11-22T10:00:00"): ("timed_out", first.tenants["DEFAULT"].error),
         ("maison_atelier", "2026-11-22T10:00:00"): ("ok", None),
         ("DEFAULT", "2026-11-22T10:05:00"): ("missed", "previous run of this tenant still running"),
         ("maison_atelier", "2026-11-22T10:05:00"): ("ok", None),
@@ -148,7 +148,7 @@ def test_a_stuck_tenant_never_takes_the_workers_of_the_others(
     runner = Runner(load_settings(config))
     try:
         with locked(db_urls, "DEFAULT"):
-            assert runner.tick("serial_outbox", TICK).tenants["DEFAULT"].timed_out
+            assert runner.tick("serial_outbox", TICK).tenants["DEFAULT"].status == "timed_out"
             held = runner.tick("serial_outbox", TICK + timedelta(minutes=5), wait=False)
             time.sleep(0.3)
             assert runner.running() == [("serial_outbox", "DEFAULT")]
@@ -160,7 +160,7 @@ def test_a_stuck_tenant_never_takes_the_workers_of_the_others(
             assert beat.tenants["maison_atelier"].status == "ok"
             assert "DEFAULT" not in beat.tenants  # queued behind its stuck run
             time.sleep(LIMIT)
-        assert held.tenants["DEFAULT"].timed_out
+        assert held.tenants["DEFAULT"].status == "timed_out"
     finally:
         runner.close()
 

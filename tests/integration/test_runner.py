@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings, runs, tenant_setup
 from helpers import DbUrls
 
 from bgworkers.leases import Leases
 from bgworkers.runner import Runner
+from bgworkers.schema import own
 from bgworkers.settings import load_settings
 
 TICK = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -119,3 +121,39 @@ def test_run_once_json_and_exit_status(db_urls: DbUrls, config: Path) -> None:
     failed = run_once(config, "--json")
     assert failed.returncode == 1
     assert json.loads(failed.stdout)["total"]["errors"] == 1
+
+
+def test_a_dry_run_writes_no_history_and_no_lease(db_urls: DbUrls, config: Path) -> None:
+    add_broken_tenant(db_urls, config)
+    runner = Runner(load_settings(config))
+    try:
+        real = runner.tick("heartbeat", TICK)
+        before = [tuple(r) for r in runs(db_urls.core_url)]
+        dry = runner.tick("heartbeat", TICK.replace(hour=11), dry_run=True)
+    finally:
+        runner.close()
+    assert real.failed and dry.failed  # a dry run reports what it finds ...
+    assert dry.as_json(("tenants", "checks", "errors"))["dry_run"] is True
+    assert {c: r.status for c, r in dry.tenants.items()} == {
+        "DEFAULT": "ok", "maison_atelier": "ok", "broken": "failed"}
+    assert [tuple(r) for r in runs(db_urls.core_url)] == before  # ... and records nothing
+    engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(own.lease)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_a_late_firing_is_recorded_missed_for_every_tenant(
+        db_urls: DbUrls, config: Path) -> None:
+    runner = Runner(load_settings(config))
+    try:
+        first = runner.tick("heartbeat", TICK)
+        runner.record_missed("heartbeat", TICK, "fired 75.0s late")  # ran already: no-op
+        runner.record_missed("heartbeat", TICK.replace(hour=11), "fired 75.0s late")
+    finally:
+        runner.close()
+    assert {r.status for r in first.tenants.values()} == {"ok"}
+    rows = {(r.tenant, r.tick_at.hour): (r.status, r.error) for r in runs(db_urls.core_url)}
+    assert rows == {("DEFAULT", 10): ("ok", None), ("maison_atelier", 10): ("ok", None),
+                    ("DEFAULT", 11): ("missed", "fired 75.0s late"),
+                    ("maison_atelier", 11): ("missed", "fired 75.0s late")}
