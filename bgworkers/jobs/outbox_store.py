@@ -72,19 +72,23 @@ def row_problem(item: Item) -> str | None:
     bytes that are not UTF-8.  Such a serial never reaches the JSON binding: on
     SQLite `->>` stops at U+0000, so 'X<NUL>Y' would link the registry row 'X'.
     """
-    if item.token is None:
+    token, serial = item.token, item.serial
+    if token is not None and token > 0 and serial is not None and serial.isprintable():
+        return None  # the fast path, for nearly every row
+    if token is None:
         return "dag_token_id is NULL"
-    if item.token <= 0:
-        return f"dag_token_id is not a token id ({item.token})"
-    problem = key_problem(item.serial)
+    if token <= 0:
+        return f"dag_token_id is not a token id ({token})"
+    problem = key_problem(serial)
     return None if problem is None else f"serial_code {problem}"
 
 
 def linkable(item: Item) -> tuple[str, int] | None:
     """(serial, token) when the row may be sent to the registry, else None."""
-    if item.serial is None or item.token is None or row_problem(item) is not None:
+    serial, token = item.serial, item.token
+    if serial is None or token is None or row_problem(item) is not None:
         return None
-    return (item.serial, item.token) if is_registry_key(item.serial) else None
+    return (serial, token) if is_registry_key(serial) else None
 
 
 def due(now: datetime | BindParameter[Any]) -> ColumnElement[bool]:
@@ -159,7 +163,7 @@ def _first_tokens(items: Sequence[Item]) -> dict[str, int]:
     tokens: dict[str, int] = {}
     for item in items:
         if (pair := linkable(item)) is not None:
-            tokens.setdefault(*pair)
+            tokens.setdefault(pair[0], pair[1])
     return tokens
 
 

@@ -107,8 +107,11 @@ def settings_of(ctx: JobContext) -> SerialOutboxSettings:
 def classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[Kind, str]:
     """The outcome of one outbox row given the registry state read back after linking."""
     problem = row_problem(item)
-    if problem is not None:
-        return "dead", problem
+    return ("dead", problem) if problem is not None else _classify(item, state, tenant_id)
+
+
+def _classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[Kind, str]:
+    """`classify` of a row that is not a poison row."""
     if item.serial is None or not is_registry_key(item.serial):
         return "dead", "serial_code cannot be a registry key (empty, over 64 chars or padded)"
     if state is None:
@@ -154,11 +157,13 @@ def plan(
     for item in items:
         counters["retried"] += 1
         problem = row_problem(item)
-        if problem is not None:
+        if problem is None:
+            state = None if item.serial is None else states.get(item.serial)
+            kind, error = _classify(item, state, tenant_id)
+        else:
             result.bad.append((item, problem))
             counters["bad_rows"] += 1
-        state = None if item.serial is None else states.get(item.serial)
-        kind, error = classify(item, state, tenant_id)
+            kind, error = "dead", problem
         attempts = item.retry_count + 1
         if kind == "done":
             result.done.append(item.id)
