@@ -50,6 +50,8 @@ class Item(NamedTuple):
     serial: str | None
     token: int | None
     retry_count: int
+    #: why the row can never succeed (`row_problem`), judged once when it is read
+    problem: str | None = None
 
 
 class RegistryState(NamedTuple):
@@ -86,7 +88,7 @@ def row_problem(item: Item) -> str | None:
 def linkable(item: Item) -> tuple[str, int] | None:
     """(serial, token) when the row may be sent to the registry, else None."""
     serial, token = item.serial, item.token
-    if serial is None or token is None or row_problem(item) is not None:
+    if serial is None or token is None or item.problem is not None:
         return None
     return (serial, token) if is_registry_key(serial) else None
 
@@ -102,10 +104,16 @@ _ITEM_COLUMNS = (outbox.c.id, outbox.c.serial_code, outbox.c.dag_token_id, outbo
 
 
 def _items(rows: Iterable[Any]) -> list[Item]:
-    """Items as read; NULL serial or token stays None (a NULL retry_count is 0 attempts)."""
-    return [
-        Item(int(i), s, None if t is None else int(t), int(r or 0)) for i, s, t, r in rows
-    ]
+    """Items as read, each judged by `row_problem`; NULL serial or token stays None (a
+    NULL retry_count is 0 attempts)."""
+    items = []
+    for i, s, t, r in rows:
+        token = None if t is None else int(t)
+        item = Item(int(i), s, token, int(r or 0))
+        if token is None or token <= 0 or s is None or not s.isprintable():
+            item = item._replace(problem=row_problem(item))
+        items.append(item)
+    return items
 
 
 def due_items(conn: Connection, now: datetime, limit: int) -> list[Item]:
@@ -210,7 +218,8 @@ def _core_error(exc: OperationalError) -> CoreUnavailable:
 
 
 def _bind_links(conn: Connection, tokens: Mapping[str, int]) -> dict[str, str]:
-    unsafe = [serial for serial in tokens if key_problem(serial) is not None]
+    unsafe = [] if "".join(tokens).isprintable() else [
+        serial for serial in tokens if key_problem(serial) is not None]
     if unsafe:  # `linkable` keeps them out; a JSON function could change them on the way
         raise ValueError(f"{len(unsafe)} serial(s) with control characters sent to the registry")
     # ascending serials: concurrent workers lock shared registry rows in one order

@@ -156,7 +156,7 @@ def plan(
     counters = result.counters
     for item in items:
         counters["retried"] += 1
-        problem = row_problem(item)
+        problem = item.problem
         if problem is None:
             state = None if item.serial is None else states.get(item.serial)
             kind, error = _classify(item, state, tenant_id)
