@@ -93,7 +93,7 @@ def in_key_order(stmt: Select[Any], table: Table) -> Select[Any]:
 
 
 def date_text(column: ColumnElement[Any]) -> Label[str]:
-    """A DATETIME column read as its text, parsed per row by the job (`parse_utc`).
+    """A DATETIME column read as its text, parsed per row by the job (`parse_naive`).
 
     Read as a date, a zero date ('0000-00-00', kept by MariaDB with a relaxed
     sql_mode) arrives as None, and an unparsable SQLite value raises on fetch,

@@ -21,7 +21,7 @@ Poison rows: a row the check cannot read or use is skipped, named in a
 the tenant's work goes on.  Bad are: a serial that is NULL, holds a control
 character or bytes that are not UTF-8 (`serials.key_problem`); a date the rule
 needs that is NULL, zero or outside 1970..9999 (dates are read as text and
-parsed per row, `parse_utc`); a serial to quarantine that is longer than
+parsed per row, `parse_naive`); a serial to quarantine that is longer than
 `serial_quarantine.serial_code` holds (never truncated).  A bad row is counted
 in no other counter.
 """
@@ -144,9 +144,10 @@ def hash_verdict(serial: str, production_type: str, salt_version: object,
     return None if salt is None else hash_ok(serial, signature, salt)
 
 
-def parse_utc(text: str | None) -> datetime | None:
-    """A naive DATETIME read as text (`serial_checks.date_text`), or None when it is not
-    one: NULL, a zero date, unparsable, with a time zone, or outside 1970..9999."""
+def parse_naive(text: str | None) -> datetime | None:
+    """A naive DATETIME (UTC or ERP local) read as text (`serial_checks.date_text`), or None
+    when it is not one: NULL, a zero date, unparsable, with a time zone, or outside
+    1970..9999."""
     if text is None:
         return None
     try:
@@ -209,7 +210,7 @@ class _Check:
                 if problem is not None:
                     self._bad("job_ticket_serial", id_serial, f"serial_number {problem}", serial)
                     continue
-                generated = parse_utc(row.generated_at)
+                generated = parse_naive(row.generated_at)
                 if generated is None and row.token is None and not row.carried \
                         and row.ticket_status not in FINISHED_TICKET_STATUSES:
                     # only the orphan rule needs the date, and only here
@@ -236,7 +237,7 @@ class _Check:
         tz = self.ctx.settings.erp.tz
         out = []
         for id_serial, token in links.items():
-            local = parse_utc(spawned.get(token))
+            local = parse_naive(spawned.get(token))
             if local is None:
                 self._bad("flow_token", token, date_problem("spawned_at", spawned.get(token)),
                           skipped=f"tenant link of job_ticket_serial {id_serial}")

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from bgworkers.jobs.outbox_store import Item, row_problem
-from bgworkers.jobs.serial_consistency import parse_utc
+from bgworkers.jobs.serial_consistency import parse_naive
 from bgworkers.serials import key_problem, shown
 
 UNDECODABLE = b"BLVR\xff".decode("utf-8", "surrogateescape")
@@ -51,7 +51,7 @@ def test_shown_values_are_safe_to_log() -> None:
     ("9999-12-31 23:59:59", None),
 ])
 def test_dates_read_as_text(text: str | None, value: datetime | None) -> None:
-    assert parse_utc(text) == value
+    assert parse_naive(text) == value
 
 
 @pytest.mark.parametrize(("serial", "token", "problem"), [
