@@ -57,6 +57,12 @@ def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None =
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers (dashboards, status) run beside one writer; busy_timeout
     # makes a second writer wait instead of failing at once.
+    # Text that is not UTF-8 would make the sqlite3 module raise on fetch and fail
+    # the whole read; decoded with surrogateescape, it arrives with its bad bytes as
+    # lone surrogates, which the jobs detect and skip row by row (serials.key_problem).
+    from functools import partial
+
+    dbapi_conn.text_factory = partial(str, encoding="utf-8", errors="surrogateescape")
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")

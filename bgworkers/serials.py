@@ -144,6 +144,44 @@ def classify(serial: str, exempt: Sequence[re.Pattern[str]]) -> Kind:
     return Kind.INVALID_FORMAT
 
 
+# ---------------------------------------------------------------- unusable keys
+
+#: What a key (a serial) never holds: C0 control characters, DEL, and lone
+#: surrogates, which is how bytes that are not UTF-8 arrive when text is read
+#: with the `surrogateescape` error handler (SQLite connections, see bgworkers.db).
+_UNSAFE_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+SHOWN_CHARS = 80
+
+
+def key_problem(value: str | None) -> str | None:
+    """Why `value` cannot be used as a key (a serial number), or None when it can.
+
+    Empty, padded, very long or SQL-looking values are data like any other and
+    pass; NULL, control characters and undecodable bytes do not.
+    """
+    if value is None:
+        return "is NULL"
+    if value.isprintable():  # the fast path: no control character, no surrogate
+        return None
+    match = _UNSAFE_RE.search(value)
+    if match is None:
+        return None  # other non-printables (NBSP, line separators ...) are just odd data
+    char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        return "holds bytes that are not valid UTF-8"
+    return f"holds the control character U+{ord(char):04X}"
+
+
+def shown(value: str | None, limit: int = SHOWN_CHARS) -> str | None:
+    """`value` safe to log: control characters and undecodable bytes escaped, cut at `limit`."""
+    if value is None:
+        return None
+    cut = value[:limit]
+    if not cut.isprintable():
+        cut = _UNSAFE_RE.sub(lambda m: ascii(m.group())[1:-1], cut)
+    return cut if len(value) <= limit else f"{cut}... ({len(value)} chars)"
+
+
 # ---------------------------------------------------------------- hash signature
 
 

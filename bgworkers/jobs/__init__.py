@@ -14,7 +14,8 @@ SERIAL_CONSISTENCY = JobSpec(
     "serials",  # shares rows with serial_outbox: never both at once for a tenant
     "check serial links, formats and orphans; fix what is safe, quarantine the rest",
     ("tenants", "missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
-     "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined", "errors"),
+     "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined", "bad_rows",
+     "errors"),
     serial_consistency.run,
 )
 SERIAL_OUTBOX = JobSpec(
@@ -22,7 +23,7 @@ SERIAL_OUTBOX = JobSpec(
     "serials",
     "retry core links queued in serial_link_outbox",
     ("tenants", "pending_found", "retried", "succeeded", "failed_retry", "marked_dead",
-     "errors"),
+     "bad_rows", "errors"),
     serial_outbox.run,
 )
 DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW = (

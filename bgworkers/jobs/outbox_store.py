@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    func,
     or_,
     select,
     type_coerce,
@@ -31,6 +32,7 @@ from bgworkers.db import error_line
 from bgworkers.jobs.outbox_sql import ids_of, json_rows, write_transaction
 from bgworkers.schema.core import serial_registry as registry
 from bgworkers.schema.tenant import serial_link_outbox as outbox
+from bgworkers.serials import key_problem
 
 #: Candidates read per row to claim: room to skip rows that other workers hold.
 CLAIM_WINDOW = 4
@@ -42,12 +44,14 @@ class CoreUnavailable(Exception):
 
 
 class Item(NamedTuple):
-    """One claimed outbox row."""
+    """One claimed outbox row, as read: `serial` and `token` may be NULL (see `row_problem`)."""
 
     id: int
-    serial: str
-    token: int
+    serial: str | None
+    token: int | None
     retry_count: int
+    #: why the row can never succeed (`row_problem`), judged once when it is read
+    problem: str | None = None
 
 
 class RegistryState(NamedTuple):
@@ -63,6 +67,32 @@ def is_registry_key(serial: str) -> bool:
     return 0 < len(serial) <= 64 and serial == serial.strip()
 
 
+def row_problem(item: Item) -> str | None:
+    """Why an outbox row can never succeed as read (a poison row), or None.
+
+    NULL or non-positive token; NULL serial, or one with control characters or
+    bytes that are not UTF-8.  Such a serial never reaches the JSON binding: on
+    SQLite `->>` stops at U+0000, so 'X<NUL>Y' would link the registry row 'X'.
+    """
+    token, serial = item.token, item.serial
+    if token is not None and token > 0 and serial is not None and serial.isprintable():
+        return None  # the fast path, for nearly every row
+    if token is None:
+        return "dag_token_id is NULL"
+    if token <= 0:
+        return f"dag_token_id is not a token id ({token})"
+    problem = key_problem(serial)
+    return None if problem is None else f"serial_code {problem}"
+
+
+def linkable(item: Item) -> tuple[str, int] | None:
+    """(serial, token) when the row may be sent to the registry, else None."""
+    serial, token = item.serial, item.token
+    if serial is None or token is None or item.problem is not None:
+        return None
+    return (serial, token) if is_registry_key(serial) else None
+
+
 def due(now: datetime | BindParameter[Any]) -> ColumnElement[bool]:
     return and_(
         outbox.c.status == "pending",
@@ -74,7 +104,16 @@ _ITEM_COLUMNS = (outbox.c.id, outbox.c.serial_code, outbox.c.dag_token_id, outbo
 
 
 def _items(rows: Iterable[Any]) -> list[Item]:
-    return [Item(int(i), str(s), int(t), int(r)) for i, s, t, r in rows]
+    """Items as read, each judged by `row_problem`; NULL serial or token stays None (a
+    NULL retry_count is 0 attempts)."""
+    items = []
+    for i, s, t, r in rows:
+        token = None if t is None else int(t)
+        item = Item(int(i), s, token, int(r or 0))
+        if token is None or token <= 0 or s is None or not s.isprintable():
+            item = item._replace(problem=row_problem(item))
+        items.append(item)
+    return items
 
 
 def due_items(conn: Connection, now: datetime, limit: int) -> list[Item]:
@@ -131,8 +170,8 @@ def _first_tokens(items: Sequence[Item]) -> dict[str, int]:
     """Serial -> token of its oldest row (a later row for another token then fails)."""
     tokens: dict[str, int] = {}
     for item in items:
-        if is_registry_key(item.serial):
-            tokens.setdefault(item.serial, item.token)
+        if (pair := linkable(item)) is not None:
+            tokens.setdefault(pair[0], pair[1])
     return tokens
 
 
@@ -156,11 +195,21 @@ _STATES = select(
 ).select_from(_LINKS.join(registry, registry.c.serial_code == _LINKS.c.serial))
 
 
-def _read_registry(conn: Connection, links: Mapping[str, str]) -> dict[str, RegistryState]:
+def _read_registry(
+    conn: Connection, links: Mapping[str, str], sent: Iterable[str]
+) -> dict[str, RegistryState]:
+    """Registry state by serial, only for rows whose serial_code is byte for byte one sent.
+
+    A second guard behind `row_problem`: a key the JSON binding or a collation
+    changed on the way (SQLite `->>` stops at U+0000; PAD SPACE) finds a row of
+    another serial, which must never count as this serial's state.
+    """
+    wanted = set(sent)
     rows: Iterable[Any] = conn.execute(_STATES, links)
     return {
-        str(serial): RegistryState(int(tenant), str(ptype), None if token is None else int(token))
+        serial: RegistryState(int(tenant), str(ptype), None if token is None else int(token))
         for serial, tenant, ptype, token in rows
+        if serial in wanted
     }
 
 
@@ -169,6 +218,10 @@ def _core_error(exc: OperationalError) -> CoreUnavailable:
 
 
 def _bind_links(conn: Connection, tokens: Mapping[str, int]) -> dict[str, str]:
+    unsafe = [] if "".join(tokens).isprintable() else [
+        serial for serial in tokens if key_problem(serial) is not None]
+    if unsafe:  # `linkable` keeps them out; a JSON function could change them on the way
+        raise ValueError(f"{len(unsafe)} serial(s) with control characters sent to the registry")
     # ascending serials: concurrent workers lock shared registry rows in one order
     return _LINKS.bind(conn, sorted(tokens.items()))
 
@@ -190,7 +243,7 @@ def link(core: Engine, tenant_id: int, items: Sequence[Item]) -> dict[str, Regis
             links = _bind_links(conn, tokens)
             if conn.execute(_LINK, {"tenant": tenant_id, **links}).rowcount == len(tokens):
                 return {serial: _linked(tenant_id, token) for serial, token in tokens.items()}
-            return _read_registry(conn, links)
+            return _read_registry(conn, links, tokens)
     except OperationalError as exc:
         raise _core_error(exc) from exc
 
@@ -200,7 +253,7 @@ def simulate_link(core: Engine, tenant_id: int, items: Sequence[Item]) -> dict[s
     tokens = _first_tokens(items)
     try:
         with core.connect() as conn:
-            states = _read_registry(conn, _bind_links(conn, tokens))
+            states = _read_registry(conn, _bind_links(conn, tokens), tokens)
     except OperationalError as exc:
         raise _core_error(exc) from exc
     return {
@@ -245,7 +298,7 @@ _FAILED = (
         status=_FAILURES.c.status,
         last_error=_FAILURES.c.error,
         next_attempt_at=_FAILURES.c.retry_at,
-        retry_count=outbox.c.retry_count + 1,
+        retry_count=func.coalesce(outbox.c.retry_count, 0) + 1,
         updated_at=bindparam("now", type_=outbox.c.updated_at.type),
     )
 )

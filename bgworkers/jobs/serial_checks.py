@@ -9,6 +9,7 @@ changes nothing more.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Label,
     Row,
     Select,
     String,
@@ -26,10 +28,12 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     exists,
     func,
     insert,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -39,6 +43,9 @@ from sqlalchemy.sql.operators import custom_op
 from bgworkers.schema import core, tenant
 
 FINISHED_TICKET_STATUSES = ("completed", "cancelled")
+#: serial_quarantine.serial_code in the ERP's DDL, the smallest documented length:
+#: the limit when the table itself does not say (SQLite enforces no length).
+QUARANTINE_SERIAL_CHARS = 64
 #: Values per IN list: well under every server's limit on bound parameters.
 IN_LIST_MAX = 1000
 
@@ -85,6 +92,16 @@ def in_key_order(stmt: Select[Any], table: Table) -> Select[Any]:
         table, "FORCE INDEX (PRIMARY)", "mariadb")
 
 
+def date_text(column: ColumnElement[Any]) -> Label[str]:
+    """A DATETIME column read as its text, parsed per row by the job (`parse_naive`).
+
+    Read as a date, a zero date ('0000-00-00', kept by MariaDB with a relaxed
+    sql_mode) arrives as None, and an unparsable SQLite value raises on fetch,
+    failing the whole page; as text, every value arrives and can be judged.
+    """
+    return cast(column, String).label(column.key)
+
+
 def unindexed(dialect: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
     """`column` as a term SQLite will not serve from an index (unary +), for the same reason."""
     if dialect != "sqlite":
@@ -110,7 +127,7 @@ def unlinked_serials(dialect: str, live: Sequence[str], limit: int) -> Select[An
     )
     carried = exists().where(same_text(dialect, ft.c.serial_number, jts.c.serial_number))
     return (
-        select(jts.c.id_serial, jts.c.serial_number, jts.c.generated_at,
+        select(jts.c.id_serial, jts.c.serial_number, date_text(jts.c.generated_at),
                job_ticket.c.status.label("ticket_status"), first_live.label("token"),
                carried.label("carried"))
         .select_from(jts.outerjoin(job_ticket,
@@ -147,13 +164,35 @@ def live_tokens(dialect: str, live: Sequence[str], limit: int) -> Select[Any]:
     return in_key_order(stmt, flow_token)
 
 
-def token_spawned_at(conn: Connection, ids: Iterable[int]) -> dict[int, datetime]:
-    out: dict[int, datetime] = {}
+def token_spawned_at(conn: Connection, ids: Iterable[int]) -> dict[int, str | None]:
+    """`spawned_at` of tokens, as text (see `date_text`)."""
+    out: dict[int, str | None] = {}
     for group in in_groups(ids):
-        rows = conn.execute(select(flow_token.c.id_token, flow_token.c.spawned_at)
+        rows = conn.execute(select(flow_token.c.id_token, date_text(flow_token.c.spawned_at))
                             .where(flow_token.c.id_token.in_(group)))
         out.update((int(r.id_token), r.spawned_at) for r in rows)
     return out
+
+
+def quarantine_serial_chars(engine: Engine) -> int:
+    """The longest serial `serial_quarantine.serial_code` holds, read from the table.
+
+    MariaDB/MySQL: information_schema; SQLite: the declared type, `VARCHAR(n)`.
+    Without a length there, the ERP's documented one.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            declared = next((str(row[2]) for row in
+                             conn.exec_driver_sql("PRAGMA table_info(serial_quarantine)")
+                             if row[1] == "serial_code"), "")
+            found = re.search(r"\((\d+)\)", declared)
+            length = int(found.group(1)) if found else None
+        else:
+            length = conn.execute(text(
+                "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'serial_quarantine' "
+                "AND COLUMN_NAME = 'serial_code'")).scalar()
+    return int(length) if length else QUARANTINE_SERIAL_CHARS
 
 
 def registry_rows(engine: Engine, serials: Iterable[str]) -> dict[str, Row[Any]]:

@@ -15,6 +15,15 @@ Two passes over the tenant database, each in key order and in pages of
 Quarantine only records; source rows are never changed by it.  A dry run
 writes nothing and counts what it would fix (`fixed`) and quarantine
 (`quarantined`).
+
+Poison rows: a row the check cannot read or use is skipped, named in a
+`bad_row` warning (table, id, problem) and counted in `bad_rows`; the rest of
+the tenant's work goes on.  Bad are: a serial that is NULL, holds a control
+character or bytes that are not UTF-8 (`serials.key_problem`); a date the rule
+needs that is NULL, zero or outside 1970..9999 (dates are read as text and
+parsed per row, `parse_naive`); a serial to quarantine that is longer than
+`serial_quarantine.serial_code` holds (never truncated).  A bad row is counted
+in no other counter.
 """
 
 from __future__ import annotations
@@ -32,22 +41,29 @@ from bgworkers.db import error_line
 from bgworkers.jobs.base import Counters, JobContext
 from bgworkers.jobs.serial_checks import (
     FINISHED_TICKET_STATUSES,
+    QUARANTINE_SERIAL_CHARS,
     Done,
     Page,
     Quarantine,
     live_tokens,
+    quarantine_serial_chars,
     registry_rows,
     token_spawned_at,
     unlinked_serials,
     write_page,
 )
-from bgworkers.serials import Kind, classify, compile_patterns, hash_ok
+from bgworkers.serials import Kind, classify, compile_patterns, hash_ok, key_problem, shown
 from bgworkers.settings import SerialConsistencySettings
 
 COUNTERS = ("missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
             "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined",
-            "errors")
+            "bad_rows", "errors")
 _FIRST_KEY = -(2**63)
+#: `bad_row` events per tenant run; past it, one `bad_rows_not_named` event gives the rest.
+BAD_ROWS_NAMED = 100
+#: Dates outside this range are poison: zero dates, year 1 (which overflows when
+#: moved between time zones), and anything no ERP row was ever stamped with.
+EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 30)
 
 # ---------------------------------------------------------------- rules (pure)
 
@@ -128,6 +144,27 @@ def hash_verdict(serial: str, production_type: str, salt_version: object,
     return None if salt is None else hash_ok(serial, signature, salt)
 
 
+def parse_naive(text: str | None) -> datetime | None:
+    """A naive DATETIME (UTC or ERP local) read as text (`serial_checks.date_text`), or None
+    when it is not one: NULL, a zero date, unparsable, with a time zone, or outside
+    1970..9999."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is not None or not EARLIEST <= value <= LATEST:
+        return None
+    return value
+
+
+def date_problem(column: str, text: str | None) -> str:
+    if text is None:
+        return f"{column} is NULL"
+    return f"{column} is {shown(text)!r}: not a date between 1970 and 9999"
+
+
 def erp_to_utc(local: datetime, erp_tz: tzinfo) -> datetime:
     """flow_token holds naive ERP local time; job_ticket_serial holds naive UTC."""
     return local.replace(tzinfo=erp_tz).astimezone(UTC).replace(tzinfo=None)
@@ -157,6 +194,7 @@ class _Check:
         self.core_ok = True
         self.salts = {key: salt.get_secret_value() for key, salt in settings.salts.items()}
         self.unverifiable: Counter[str] = Counter()  # hash not checkable: no salt for type:version
+        self.quarantine_chars: int | None = None  # read from the table when first needed
 
     # ------------------------------------------------------------ pass 1
 
@@ -167,30 +205,56 @@ class _Check:
             page = Page()
             links: dict[int, int] = {}  # id_serial -> the token to link
             for row in rows:
-                outcome = unlinked_outcome(row.token, bool(row.carried), row.ticket_status,
-                                           row.generated_at, cutoff)
-                if outcome is None:
+                id_serial, serial = int(row.id_serial), row.serial_number
+                problem = key_problem(serial)
+                if problem is not None:
+                    self._bad("job_ticket_serial", id_serial, f"serial_number {problem}", serial)
                     continue
-                self.counts[OUTCOME_COUNTERS[outcome]] += 1
+                generated = parse_naive(row.generated_at)
+                if generated is None and row.token is None and not row.carried \
+                        and row.ticket_status not in FINISHED_TICKET_STATUSES:
+                    # only the orphan rule needs the date, and only here
+                    self._bad("job_ticket_serial", id_serial,
+                              date_problem("generated_at", row.generated_at), serial)
+                    continue
+                outcome = unlinked_outcome(row.token, bool(row.carried), row.ticket_status,
+                                           generated or cutoff, cutoff)
                 if outcome == "missing_tenant_link":
-                    links[int(row.id_serial)] = int(row.token)
-                else:
-                    page.quarantine.append(Quarantine(
-                        row.serial_number, outcome, "job_ticket_serial", int(row.id_serial)))
+                    links[id_serial] = int(row.token)
+                elif outcome is not None and self._storable("job_ticket_serial", id_serial,
+                                                            serial):
+                    self.counts[OUTCOME_COUNTERS[outcome]] += 1
+                    page.quarantine.append(
+                        Quarantine(serial, outcome, "job_ticket_serial", id_serial))
             if links:
-                with self.ctx.db.connect() as conn:
-                    spawned = token_spawned_at(conn, set(links.values()))
-                tz = self.ctx.settings.erp.tz
-                page.links = [(id_serial, token, erp_to_utc(spawned[token], tz))
-                              for id_serial, token in links.items()]
+                page.links = self._links(links)
             self._write(page)
+
+    def _links(self, links: dict[int, int]) -> list[tuple[int, int, datetime]]:
+        """(id_serial, token, spawned_at in UTC) of the links whose token has a usable date."""
+        with self.ctx.db.connect() as conn:
+            spawned = token_spawned_at(conn, set(links.values()))
+        tz = self.ctx.settings.erp.tz
+        out = []
+        for id_serial, token in links.items():
+            local = parse_naive(spawned.get(token))
+            if local is None:
+                self._bad("flow_token", token, date_problem("spawned_at", spawned.get(token)),
+                          skipped=f"tenant link of job_ticket_serial {id_serial}")
+                continue
+            self.counts[OUTCOME_COUNTERS["missing_tenant_link"]] += 1
+            out.append((id_serial, token, erp_to_utc(local, tz)))
+        return out
 
     # ------------------------------------------------------------ pass 2
 
     def live_tokens(self) -> None:
         stmt = live_tokens(self.dialect, self.live, self.settings.chunk_size)
-        for rows in self._pages(stmt, "id_token"):
+        for page_rows in self._pages(stmt, "id_token"):
             page = Page()
+            # isprintable: the fast path of key_problem, for nearly every row
+            rows = [row for row in page_rows
+                    if row.serial_number.isprintable() or self._usable_serial(row)]
             kinds = [classify(row.serial_number, self.exempt) for row in rows]
             registry = self._registry(
                 {row.serial_number for row, kind in zip(rows, kinds, strict=True)
@@ -204,14 +268,49 @@ class _Check:
                 link = None if own is None else Registered(
                     str(own.production_type),
                     None if own.dag_token_id is None else int(own.dag_token_id))
-                for outcome in token_outcomes(kind, row.token_type, token, row.dup_of is not None,
-                                              link, hash_failed, registry is not None):
+                outcomes = token_outcomes(kind, row.token_type, token, row.dup_of is not None,
+                                          link, hash_failed, registry is not None)
+                if len(serial) > QUARANTINE_SERIAL_CHARS \
+                        and any(o not in NOT_QUARANTINED for o in outcomes) \
+                        and not self._storable("flow_token", token, serial):
+                    continue
+                for outcome in outcomes:
                     self.counts[OUTCOME_COUNTERS[outcome]] += 1
                     if outcome == "missing_core_link":
                         page.enqueue.append((serial, token))
                     elif outcome not in NOT_QUARANTINED:
                         page.quarantine.append(Quarantine(serial, outcome, "flow_token", token))
             self._write(page)
+
+    def _usable_serial(self, row: Row[Any]) -> bool:
+        problem = key_problem(row.serial_number)
+        if problem is None:
+            return True
+        self._bad("flow_token", int(row.id_token), f"serial_number {problem}",
+                  row.serial_number)
+        return False
+
+    # ------------------------------------------------------------ poison rows
+
+    def _storable(self, table: str, row_id: int, serial: str) -> bool:
+        """Whether serial_quarantine.serial_code holds `serial`; if not, a bad row."""
+        if len(serial) <= QUARANTINE_SERIAL_CHARS:
+            return True  # fits every documented install: no need to ask the table
+        if self.quarantine_chars is None:
+            self.quarantine_chars = quarantine_serial_chars(self.ctx.db)
+        if len(serial) <= self.quarantine_chars:
+            return True
+        self._bad(table, row_id, f"serial_number is {len(serial)} characters, longer than "
+                  f"serial_quarantine.serial_code holds ({self.quarantine_chars})", serial,
+                  skipped="quarantine (a serial is never truncated)")
+        return False
+
+    def _bad(self, table: str, row_id: int, problem: str, value: str | None = None,
+             skipped: str = "the row") -> None:
+        self.counts["bad_rows"] += 1
+        if self.counts["bad_rows"] <= BAD_ROWS_NAMED:
+            self.ctx.log.warning("bad_row", table=table, id=row_id, problem=problem,
+                                 value=shown(value), skipped=skipped, dry_run=self.dry_run)
 
     def _registry(self, serials: set[str]) -> dict[str, Row[Any]] | None:
         """The page's registry rows, or None once core has failed in this run."""
@@ -262,6 +361,9 @@ class _Check:
         self.counts["quarantined"] += done.quarantined.total()
 
     def report(self) -> None:
+        if self.counts["bad_rows"] > BAD_ROWS_NAMED:
+            self.ctx.log.warning("bad_rows_not_named", named=BAD_ROWS_NAMED,
+                                 count=self.counts["bad_rows"] - BAD_ROWS_NAMED)
         if self.unverifiable:
             self.ctx.log.warning("serial_hash_unverifiable", serials=self.unverifiable.total(),
                                  missing_salts=sorted(self.unverifiable))

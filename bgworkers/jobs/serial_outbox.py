@@ -18,7 +18,12 @@ state:
   backoff[retry_count]` (the last step repeats) with +-`backoff_jitter`, in
   whole seconds; `dead` when `retry_count` reaches `max_retries`;
 - a serial_code that cannot be a registry key (empty, over 64 characters,
-  leading or trailing blanks): `dead` at once.
+  leading or trailing blanks): `dead` at once;
+- a poison row, one that can never succeed as read (`outbox_store.row_problem`:
+  NULL or non-positive `dag_token_id`, NULL serial_code, control characters or
+  bytes that are not UTF-8 in it): `dead` at once, never sent to core, named in
+  a `bad_row` warning and counted in `bad_rows` too.  It never blocks the rows
+  behind it: they are linked in the same run.
 
 Every failed attempt, permanent or not, adds one to `retry_count` and sets
 `last_error`.  When two claimed rows name one serial, the oldest row's token is
@@ -62,14 +67,18 @@ from bgworkers.jobs.outbox_store import (
     is_registry_key,
     link,
     record,
+    row_problem,
     simulate_link,
 )
+from bgworkers.serials import shown
 from bgworkers.settings import SerialOutboxSettings
 
-COUNTERS = ("pending_found", "retried", "succeeded", "failed_retry", "marked_dead", "errors")
+COUNTERS = ("pending_found", "retried", "succeeded", "failed_retry", "marked_dead", "bad_rows",
+            "errors")
 FAULT_ENV = "BGWORKERS_FAULT"
 FAULT_AFTER_CORE_LINK = "outbox_after_core_link"
 DEAD_EVENT_SAMPLE = 20  # rows named in the `outbox_rows_dead` event
+BAD_ROWS_NAMED = 100  # `bad_row` events per tenant run
 
 #: Source of the backoff jitter; tests seed it to predict next_attempt_at exactly.
 rng = random.Random()
@@ -85,6 +94,7 @@ class Plan:
     #: id -> (status 'pending' or 'dead', last_error, next_attempt_at)
     failed: dict[int, tuple[str, str, datetime | None]] = field(default_factory=dict)
     counters: Counters = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    bad: list[tuple[Item, str]] = field(default_factory=list)  # poison rows and their problem
 
 
 def settings_of(ctx: JobContext) -> SerialOutboxSettings:
@@ -96,7 +106,13 @@ def settings_of(ctx: JobContext) -> SerialOutboxSettings:
 
 def classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[Kind, str]:
     """The outcome of one outbox row given the registry state read back after linking."""
-    if not is_registry_key(item.serial):
+    problem = row_problem(item)
+    return ("dead", problem) if problem is not None else _classify(item, state, tenant_id)
+
+
+def _classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[Kind, str]:
+    """`classify` of a row that is not a poison row."""
+    if item.serial is None or not is_registry_key(item.serial):
         return "dead", "serial_code cannot be a registry key (empty, over 64 chars or padded)"
     if state is None:
         return "retry", f"no serial_registry row for tenant {tenant_id}"
@@ -140,7 +156,14 @@ def plan(
     counters = result.counters
     for item in items:
         counters["retried"] += 1
-        kind, error = classify(item, states.get(item.serial), tenant_id)
+        problem = item.problem
+        if problem is None:
+            state = None if item.serial is None else states.get(item.serial)
+            kind, error = _classify(item, state, tenant_id)
+        else:
+            result.bad.append((item, problem))
+            counters["bad_rows"] += 1
+            kind, error = "dead", problem
         attempts = item.retry_count + 1
         if kind == "done":
             result.done.append(item.id)
@@ -186,6 +209,7 @@ def run(ctx: JobContext) -> Counters:
             "outbox_core_unavailable", error=str(exc), rows_left_pending=counters["pending_found"]
         )
         return counters
+    _log_bad(ctx, result, dry_run=False)
     _log_dead(ctx, items, result)
     counters.update({k: v for k, v in result.counters.items() if k != "pending_found"})
     return counters
@@ -207,8 +231,19 @@ def _preview(ctx: JobContext, cfg: SerialOutboxSettings, now: datetime) -> Count
         return counters
     # Its own generator: a preview never moves the jitter sequence of real runs.
     result = plan(items, states, ctx.tenant.id, now, cfg, random.Random(0))
+    _log_bad(ctx, result, dry_run=True)
     counters.update({k: v for k, v in result.counters.items() if k != "pending_found"})
     return counters
+
+
+def _log_bad(ctx: JobContext, result: Plan, dry_run: bool) -> None:
+    for item, problem in result.bad[:BAD_ROWS_NAMED]:
+        ctx.log.warning("bad_row", table="serial_link_outbox", id=item.id, problem=problem,
+                        value=shown(item.serial), skipped="the link (row marked dead)",
+                        dry_run=dry_run)
+    if len(result.bad) > BAD_ROWS_NAMED:
+        ctx.log.warning("bad_rows_not_named", named=BAD_ROWS_NAMED,
+                        count=len(result.bad) - BAD_ROWS_NAMED)
 
 
 def _log_dead(ctx: JobContext, items: Sequence[Item], result: Plan) -> None:
@@ -222,7 +257,8 @@ def _log_dead(ctx: JobContext, items: Sequence[Item], result: Plan) -> None:
             "outbox_rows_dead",
             count=len(dead),
             rows=[
-                {"id": item.id, "serial": item.serial, "token": item.token, "reason": reason}
+                {"id": item.id, "serial": shown(item.serial), "token": item.token,
+                 "reason": reason}
                 for item, reason in dead[:DEAD_EVENT_SAMPLE]
             ],
         )

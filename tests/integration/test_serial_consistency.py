@@ -106,7 +106,7 @@ REGISTRY: dict[str, tuple[int, str, int | None, int, bool]] = {
 EXPECTED = {
     "missing_tenant_links": 3, "missing_core_links": 2, "invalid_formats": 5, "orphaned": 3,
     "duplicates": 2, "mismatches": 1, "unregistered": 2, "legacy": 5, "fixed": 4,
-    "quarantined": 12, "errors": 0,
+    "quarantined": 12, "bad_rows": 0, "errors": 0,
 }
 EXPECTED_QUARANTINE = {
     (S["mis"], "registry_mismatch", "flow_token", 15),  # was already open
