@@ -324,6 +324,7 @@ class _Check:
             self.core_ok = False
             self.counts["errors"] += 1
             reason = error_line(exc)
+            self.ctx.part_failed("registry and hash checks (core serial_registry)", reason)
             self.ctx.log.warning("serial_registry_unavailable", error=reason,
                                  skipped="registry and hash checks for the rest of this run")
             return None

@@ -205,6 +205,7 @@ def run(ctx: JobContext) -> Counters:
     except CoreUnavailable as exc:
         # The tenant transaction rolled back: claims released, no row touched.
         counters["errors"] += 1
+        ctx.part_failed(f"{counters['pending_found']} due row(s) left pending", str(exc))
         ctx.log.warning(
             "outbox_core_unavailable", error=str(exc), rows_left_pending=counters["pending_found"]
         )
@@ -227,6 +228,7 @@ def _preview(ctx: JobContext, cfg: SerialOutboxSettings, now: datetime) -> Count
         states = simulate_link(ctx.core, ctx.tenant.id, items)
     except CoreUnavailable as exc:
         counters["errors"] += 1
+        ctx.part_failed("preview of the core links", str(exc))
         ctx.log.warning("outbox_core_unavailable", error=str(exc), dry_run=True)
         return counters
     # Its own generator: a preview never moves the jitter sequence of real runs.

@@ -37,10 +37,13 @@ from helpers import DbUrls, write_settings
 from jobs_helpers import alert_level, make_context
 from structlog.testing import capture_logs
 
+from bgworkers.clock import FixedClock
 from bgworkers.jobs import dashboard
 from bgworkers.jobs.base import JobContext, LeaseLost
 from bgworkers.jobs.dashboard_sql import Moment
 from bgworkers.jobs.dashboard_trends import rewrite_from
+from bgworkers.runner import Runner
+from bgworkers.schema import own
 from bgworkers.schema import tenant as t
 from bgworkers.settings import Settings, load_settings
 from bgworkers.tenancy import Databases
@@ -457,3 +460,22 @@ def test_a_reader_never_sees_a_partial_snapshot(env: Env) -> None:
         thread.join()
     assert not problems
     assert len(reads) > 10
+
+
+def test_a_tier_with_a_table_it_cannot_write_is_partial_not_ok(env: Env) -> None:
+    """An install whose table lacks a column: the run says so instead of 'ok'."""
+    with env.db.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE mv_cycle_time_analytics DROP COLUMN p50_minutes"))
+    runner = Runner(env.settings, FixedClock(NOW))
+    try:
+        result = runner.tick("dashboard_medium", NOW, only="DEFAULT")
+    finally:
+        runner.close()
+    outcome = result.tenants["DEFAULT"]
+    assert outcome.status == "partial" and result.failed
+    assert outcome.error is not None
+    assert outcome.error.startswith("table mv_cycle_time_analytics: ")
+    assert "p50_minutes" in outcome.error
+    with env.dbs.coordination.connect() as conn:
+        row = conn.execute(sa.select(own.run.c.status, own.run.c.error)).one()
+    assert tuple(row) == ("partial", outcome.error)
