@@ -14,21 +14,23 @@ import signal
 import sys
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import history, limits
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
+from bgworkers.jobs import REGISTRY
 from bgworkers.logs import configure_logging, get_logger
 from bgworkers.metrics import Metrics
 from bgworkers.notify import notify, watchdog_interval
-from bgworkers.runner import Runner, TickResult
-from bgworkers.scheduler import Scheduler, changed_sections, tick_identity
+from bgworkers.runner import BOOKKEEPING_LIMIT, Runner, TickResult
+from bgworkers.scheduler import Scheduler, changed_sections, previous_fire, tick_identity
 from bgworkers.settings import Settings, SettingsError, load_settings
 
 log = get_logger("bgworkers.daemon")
@@ -69,6 +71,29 @@ class Daemon:
         self.runner.record_missed(
             job, tick_identity(settings.jobs.get(job), settings.scheduler, run_time), reason)
 
+    def _catch_up(self) -> None:
+        """Run once, per tenant, the last tick of each `catch_up` job that no daemon ran
+        (the daemon was down).  A tenant never run before is not caught up."""
+        settings, now = self.settings, self.clock.now()
+        for spec in REGISTRY:
+            job = settings.jobs.get(spec.name)
+            tick = previous_fire(job, settings.scheduler, now) if job.catch_up else None
+            if not job.enabled or tick is None:
+                continue
+            try:
+                with limits.limited(BOOKKEEPING_LIMIT):
+                    last = history.last_ticks(self.runner.dbs.coordination, spec.name)
+            except (SQLAlchemyError, limits.RunTimedOut) as exc:
+                log.warning("catch_up_failed", job=spec.name, error=error_line(exc))
+                continue
+            behind = {code for code, at in last.items()
+                      if at < tick.astimezone(UTC).replace(tzinfo=None)}
+            if behind:
+                log.info("catch_up", job=spec.name, tick=tick.isoformat(),
+                         tenants=sorted(behind))
+                self.runner.tick(spec.name, tick, among=behind, wait=False,
+                                 on_done=self._tick_done)
+
     def _housekeeping(self) -> None:
         cutoff = history.retention_cutoff(self.clock.now(),
                                           self.settings.scheduler.history_retention)
@@ -82,6 +107,7 @@ class Daemon:
             log.info("history_pruned", rows=deleted, older_than=cutoff.isoformat())
 
     def _watch(self) -> None:
+        self.runner.flush_history()  # history rows that could not be written earlier
         settings = self.settings
         if settings.jobs.serial_outbox.enabled or settings.jobs.serial_consistency.enabled:
             assert self.runner.metrics is not None
@@ -108,6 +134,8 @@ class Daemon:
         started = time.monotonic()
         self.runner.leases.start()
         self.scheduler.apply(self.settings)
+        self.scheduler.aps.add_job(self._catch_up, id="_catch_up", executor="internal",
+                                   next_run_time=self.clock.now())
         self.scheduler.aps.add_job(self._housekeeping, IntervalTrigger(hours=1), id="_housekeeping",
                                    executor="internal", next_run_time=self.clock.now())
         self.scheduler.aps.add_job(self._watch, IntervalTrigger(minutes=1), id="_watch",

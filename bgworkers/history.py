@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bgworkers.db import db_now
@@ -99,6 +99,15 @@ def mark_abandoned(engine: Engine, run_id: str, by_holder: str) -> int:
             run_table.c.run_id == run_id, _STILL_RUNNING).values(
             status=RunStatus.ABANDONED.value, ended_at=db_now(engine),
             error=f"abandoned: lease expired, taken over by {by_holder}")).rowcount
+
+
+def last_ticks(engine: Engine, job: str) -> dict[str, datetime]:
+    """The latest recorded tick (naive UTC) of `job` per tenant, whatever its outcome."""
+    c = run_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(c.tenant, func.max(c.tick_at)).where(c.job == job)
+                            .group_by(c.tenant)).all()
+    return {str(tenant): at for tenant, at in rows if isinstance(at, datetime)}
 
 
 def prune(engine: Engine, older_than: datetime, batch: int = 5000) -> int:

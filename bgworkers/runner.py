@@ -10,7 +10,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -173,10 +173,11 @@ class Runner:
     # -------------------------------------------------------------- ticks
 
     def tick(self, job: str, tick_at: datetime, *, only: str | None = None,
-             dry_run: bool = False, wait: bool = True,
+             among: Collection[str] | None = None, dry_run: bool = False, wait: bool = True,
              on_done: Callable[[TickResult], None] | None = None) -> TickResult:
         """Run `job` for every active tenant (or `only`); never raises.
 
+        `among`: only these tenants, those of them that are active (a catch-up).
         wait=True (run-once): returns once every tenant run has ended.  wait=False
         (the daemon): returns once the runs are queued; `on_done` gets the result
         when the last of them ends.  A dry run (the flag, or the job's `dry_run`
@@ -211,6 +212,9 @@ class Runner:
                 result.error = self._why_not(only)
                 finished()
                 return result
+        if among is not None:
+            tenants = [t for t in tenants if t.code in among]
+            problems = [p for p in problems if p.code in among]
         for problem in problems:
             result.tenants[problem.code] = TenantResult(RunStatus.FAILED, {}, problem.error)
             log.error("tenant_refused", job=job, tenant=problem.code, error=problem.error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -54,6 +54,29 @@ def describe_trigger(job: JobSettings, scheduler: SchedulerSettings | None = Non
 def next_fire(job: JobSettings, scheduler: SchedulerSettings, now: datetime) -> datetime | None:
     fire: datetime | None = make_trigger(job, scheduler).get_next_fire_time(None, now)
     return fire
+
+
+def previous_fire(job: JobSettings, scheduler: SchedulerSettings,
+                  now: datetime) -> datetime | None:
+    """The latest un-jittered scheduled time at or before `now`."""
+    if job.every is not None:
+        return EPOCH + ((now - EPOCH) // job.every) * job.every
+    trigger = make_trigger(job, scheduler, jitter=False)
+    first = trigger.get_next_fire_time(None, now)
+    if first is None:
+        return None
+    second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
+    lookback = 2 * (second - first) if second is not None else timedelta(days=1)
+    while lookback <= timedelta(days=800):  # gaps vary (weekdays, months): widen until found
+        fire = trigger.get_next_fire_time(None, now - lookback)
+        last = None
+        while fire is not None and fire <= now:
+            last = fire
+            fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        if last is not None:
+            return cast(datetime, last)
+        lookback *= 2
+    return None
 
 
 def tick_identity(job: JobSettings, scheduler: SchedulerSettings, run_time: datetime) -> datetime:

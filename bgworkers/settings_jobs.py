@@ -43,6 +43,8 @@ class JobSettings(_Section):
     misfire_grace: PositiveDuration | None = None
     jitter: Duration = timedelta(0)
     coalesce: bool = True
+    #: At start, run once a tick missed while no daemon ran (like systemd's Persistent=).
+    catch_up: bool = False
 
     @property
     def run_limit(self) -> timedelta:
@@ -68,6 +70,7 @@ class SerialConsistencySettings(JobSettings):
         r"(hatthasilpa|oem|classic):(0|[1-9][0-9]{0,8})")
     salt_value_re: ClassVar[re.Pattern[str]] = re.compile(r"[0-9a-fA-F]{64}")
 
+    catch_up: bool = True
     dry_run: bool = False
     orphan_after: PositiveDuration = timedelta(days=7)
     chunk_size: PositiveInt = 5000

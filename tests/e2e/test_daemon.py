@@ -7,13 +7,15 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from daemon_helpers import NotifyListener, daemon, events, heartbeat_settings, runs, tenant_setup
 from helpers import DbUrls
+
+from bgworkers.schema import own
 
 
 @pytest.fixture
@@ -204,3 +206,35 @@ def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM bgw_lease")).scalar_one() == 0
     engine.dispose()
+
+
+def test_catch_up_runs_the_tick_missed_while_no_daemon_ran(
+        urls: DbUrls, tmp_path: Path, listener: NotifyListener) -> None:
+    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1h",
+                                extra="catch_up = true\n")
+    tenant_setup(urls, config, ["DEFAULT", "maison_atelier", "newcomer"])
+    now = datetime.now(UTC)
+    if now.minute == 59 and now.second > 50:  # keep the hour from turning mid-test
+        time.sleep(11)
+        now = datetime.now(UTC)
+    missed = now.replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    engine = sa.create_engine(urls.core_url)
+    with engine.begin() as conn:
+        for tenant, tick in (("DEFAULT", missed - timedelta(hours=1)),  # then the daemon stopped
+                             ("maison_atelier", missed)):  # ran it before the restart
+            conn.execute(sa.insert(own.run).values(
+                job="heartbeat", tenant=tenant, tick_at=tick, run_id=f"{tenant}-{tick:%H}",
+                host="earlier", pid=1, started_at=tick, ended_at=tick, status="ok"))
+    engine.dispose()
+    log = tmp_path / "d.log"
+    with daemon(config, {"NOTIFY_SOCKET": listener.path}, log) as proc:
+        listener.wait_for("READY")
+        wait_until(lambda: any(r.tenant == "DEFAULT" and r.tick_at == missed
+                               and r.status == "ok" for r in runs(urls.core_url)))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    rows = sorted((r.tenant, r.tick_at, r.status) for r in runs(urls.core_url))
+    assert rows == [("DEFAULT", missed - timedelta(hours=1), "ok"), ("DEFAULT", missed, "ok"),
+                    ("maison_atelier", missed, "ok")]  # newcomer never ran: not caught up
+    assert [e["tenants"] for e in events(log, "catch_up")] == [["DEFAULT"]]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bgworkers.cron import cron_trigger, crontab_weekdays
-from bgworkers.scheduler import describe_trigger, make_trigger, next_fire
+from bgworkers.scheduler import describe_trigger, make_trigger, next_fire, previous_fire
 from bgworkers.settings import SchedulerSettings, SerialOutboxSettings
 
 SUNDAY = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)  # a Sunday
@@ -75,3 +75,17 @@ def test_jitter_stays_within_bounds() -> None:
 def test_describe_trigger() -> None:
     assert describe_trigger(SerialOutboxSettings()) == "every 5m"
     assert describe_trigger(SerialOutboxSettings(cron="*/5 * * * *")) == "cron '*/5 * * * *'"
+
+
+@pytest.mark.parametrize(("table", "now", "expected"), [
+    ({"every": "5m"}, SUNDAY + timedelta(minutes=7, seconds=3), SUNDAY + timedelta(minutes=5)),
+    ({"every": "5m"}, SUNDAY, SUNDAY),  # a tick due right now is the latest one
+    ({"every": "1h"}, SUNDAY - timedelta(seconds=1), SUNDAY - timedelta(hours=1)),
+    ({"cron": "30 2 * * *"}, SUNDAY, SUNDAY.replace(hour=2, minute=30)),
+    ({"cron": "0 9 * * 1-5"}, SUNDAY, SUNDAY.replace(hour=9) - timedelta(days=2)),  # Friday
+    ({"cron": "0 0 1 * *"}, SUNDAY, datetime(2026, 11, 1, tzinfo=UTC)),
+])
+def test_previous_fire_is_the_latest_scheduled_time(table: dict[str, str], now: datetime,
+                                                     expected: datetime) -> None:
+    job = SerialOutboxSettings(**table)  # type: ignore[arg-type]
+    assert previous_fire(job, SchedulerSettings(), now) == expected
