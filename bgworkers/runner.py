@@ -151,6 +151,7 @@ class Runner:
         self.pool = ThreadPoolExecutor(self.workers, "tenant")
         self.slow_lane = ThreadPoolExecutor(1, "tenant-slow")
         self.stalled: set[str] = set()  # tenants whose last run timed out
+        self.known_tenants: list[str] = []  # as last discovered: for ticks that cannot list them
         self.stopping = threading.Event()
         self.metrics: Metrics | None = None  # the daemon's; run-once has none
         self.last_error: str | None = None
@@ -203,8 +204,12 @@ class Runner:
             result.error = f"cannot list tenants from the core database: {_short(exc)}"
             self.last_error = result.error
             log.error("tenant_discovery_failed", job=job, error=result.error)
+            if not dry_run:  # every tick of every tenant gets its row, now or later
+                for code in self.known_tenants if only is None else [only]:
+                    self._tenant_missed(job, code, tick_at, f"not run: {result.error}")
             finished()
             return result
+        self.known_tenants = [t.code for t in tenants]
         if only is not None:
             tenants = [t for t in tenants if t.code == only]
             problems = [p for p in problems if p.code == only]
@@ -460,13 +465,14 @@ class Runner:
         try:
             with limits.limited(BOOKKEEPING_LIMIT):
                 tenants, _ = discover(self.settings, self.dbs.core)
+            codes = [t.code for t in tenants]
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            log.error("history_write_failed", job=job, error=_short(exc))
-            tenants = []
-        for tenant in tenants:
-            self._tenant_missed(job, tenant.code, tick_at, reason)
+            log.warning("tenant_discovery_failed", job=job, error=_short(exc))
+            codes = list(self.known_tenants)
+        for code in codes:
+            self._tenant_missed(job, code, tick_at, reason)
         log.warning("tick_missed", job=job, tick=tick_at.isoformat(), reason=reason,
-                    tenants=len(tenants))
+                    tenants=len(codes))
 
     def _tenant_missed(self, job: str, tenant: str, tick_at: datetime,
                        reason: str) -> TenantResult:
