@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bgworkers.scheduler import Changes, Plan, plans, reconcile, tick_identity
+from bgworkers.scheduler import Changes, Plan, changed_sections, plans, reconcile, tick_identity
 from bgworkers.settings import SchedulerSettings, SerialOutboxSettings, Settings
 
 P5 = Plan("every 5m", 0.0, 60.0, True)
@@ -67,3 +67,16 @@ def test_tick_identity_removes_jitter() -> None:
         assert tick_identity(job, SchedulerSettings(), jittered) == tick
     plain = SerialOutboxSettings(every="5m")  # type: ignore[arg-type]
     assert tick_identity(plain, SchedulerSettings(), tick) == tick
+
+
+@pytest.mark.parametrize("section", list(Settings.model_fields))
+def test_a_change_in_any_settings_section_is_reported(section: str) -> None:
+    changes = {
+        "database": {"pool_size": 2}, "tenants": {"exclude": ["x"]},
+        "erp": {"timezone": "UTC"}, "scheduler": {"max_workers": 2},
+        "logging": {"level": "debug"}, "alerts": {"quarantined_per_run": 3},
+        "metrics": {"listen": "127.0.0.1:9464"}, "jobs": {"heartbeat": {"enabled": True}},
+    }
+    assert set(changes) == set(Settings.model_fields), "a new section needs a case here"
+    new = Settings(**{section: changes[section]})  # type: ignore[arg-type]
+    assert changed_sections(Settings(), new) == [section]
