@@ -32,7 +32,8 @@ from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line, is_sqlite
 from bgworkers.explain_rules import Judge, describe_format
 from bgworkers.explain_text import render
-from bgworkers.jobs.serial_checks import as_text, same_text
+from bgworkers.jobs.serial_checks import as_text, date_text, same_text
+from bgworkers.jobs.serial_consistency import parse_naive
 from bgworkers.schema import core
 from bgworkers.schema import tenant as erp
 from bgworkers.settings import Settings
@@ -202,16 +203,18 @@ def _read_tenant(conn: Connection, serial: str, into: TenantFacts) -> None:
     ft, node = erp.flow_token, erp.routing_node
     into.tokens = _all(conn, select(
         ft.c.id_token, as_text(ft.c.token_type), as_text(ft.c.status), ft.c.current_node_id,
-        node.c.node_code, ft.c.spawned_at)
+        node.c.node_code, date_text(ft.c.spawned_at))
         .select_from(ft.outerjoin(node, node.c.id_node == ft.c.current_node_id))
         .where(same_text(dialect, ft.c.serial_number, value)).order_by(ft.c.id_token))
     jts, ticket = erp.job_ticket_serial, erp.job_ticket
     rows = _all(conn, select(
         jts.c.id_serial, jts.c.id_job_ticket, ticket.c.ticket_code,
-        ticket.c.status.label("ticket_status"), jts.c.sequence_no, jts.c.generated_at,
-        jts.c.spawned_at, jts.c.spawned_token_id)
+        ticket.c.status.label("ticket_status"), jts.c.sequence_no, date_text(jts.c.generated_at),
+        date_text(jts.c.spawned_at), jts.c.spawned_token_id)
         .select_from(jts.outerjoin(ticket, ticket.c.id_job_ticket == jts.c.id_job_ticket))
         .where(same_text(dialect, jts.c.serial_number, value)))
+    for record in (*into.tokens, *rows):
+        _dates(record, "generated_at", "spawned_at")
     into.job_ticket_serial = rows[0] if rows else None  # serial_number is unique
     box = erp.serial_link_outbox
     into.outbox = _all(conn, select(
@@ -223,6 +226,13 @@ def _read_tenant(conn: Connection, serial: str, into: TenantFacts) -> None:
         q.c.id, as_text(q.c.reason), q.c.source_table, q.c.source_id, q.c.detected_at,
         q.c.resolved_at)
         .where(same_text(dialect, q.c.serial_code, value)).order_by(q.c.id))
+
+
+def _dates(record: Record, *keys: str) -> None:
+    """Dates read as text, as the check reads them: a datetime, or the text it cannot use."""
+    for key in keys:
+        if key in record and record[key] is not None:
+            record[key] = parse_naive(record[key]) or record[key]
 
 
 def _all(conn: Connection, stmt: Any) -> list[Record]:

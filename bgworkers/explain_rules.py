@@ -6,7 +6,8 @@ and what a run would do or has already recorded.
 
 A conclusion is a dict: `outcome` (a quarantine reason, `legacy`,
 `missing_core_link`, `missing_tenant_link`, or `ok`, `not_live`, `linked`,
-`unlinked` when the check has nothing to do), `source_table`, `source_id`,
+`unlinked` when the check has nothing to do, `bad_row` when it skips the row as
+unusable), `source_table`, `source_id`,
 `detail`, `action`, and `existing_row` (the open quarantine row or pending
 outbox row that already records it, else None).
 """
@@ -23,6 +24,7 @@ from bgworkers.jobs.serial_consistency import (
     NOT_QUARANTINED,
     OUTCOME_COUNTERS,
     Registered,
+    date_problem,
     erp_to_utc,
     hash_verdict,
     salt_key,
@@ -214,9 +216,23 @@ class Judge:
                               f"tenant link set to token {jts['spawned_token_id']}",
                               "nothing to do (the check looks at unlinked rows only)")
         first = min(self._pieces, default=None)
-        outcome = unlinked_outcome(first, bool(tokens), status, jts["generated_at"], self.cutoff)
+        generated = jts["generated_at"]
+        if not isinstance(generated, datetime):  # the check needs it only for an orphan
+            if first is None and not tokens and status not in FINISHED_TICKET_STATUSES:
+                return self._make("bad_row", "job_ticket_serial", sid,
+                                  date_problem("generated_at", generated),
+                                  "skipped by the check and counted in bad_rows until the "
+                                  "date is fixed")
+            generated = self.cutoff  # not older than orphan_after: the date plays no part
+        outcome = unlinked_outcome(first, bool(tokens), status, generated, self.cutoff)
         if outcome == "missing_tenant_link":
             token = next(t for t in tokens if t["id_token"] == first)
+            if not isinstance(token["spawned_at"], datetime):
+                assert first is not None
+                return self._make("bad_row", "flow_token", first,
+                                  date_problem("spawned_at", token["spawned_at"]),
+                                  "the tenant link is not set (counted in bad_rows) until "
+                                  "the date is fixed")
             at = erp_to_utc(token["spawned_at"], self.erp_tz)
             return self._make(outcome, "job_ticket_serial", sid,
                               f"not linked while live piece token {first} carries it",
@@ -233,5 +249,5 @@ class Judge:
             detail = f"not linked; carried only by tokens that are not live pieces: {ids}"
         else:
             detail = (f"not linked, carried by no token yet, {ticket}; orphaned from "
-                      f"{_at(jts['generated_at'] + self.orphan_after)} UTC if still unused")
+                      f"{_at(generated + self.orphan_after)} UTC if still unused")
         return self._make("unlinked", "job_ticket_serial", sid, detail, "nothing to do yet")

@@ -26,7 +26,9 @@ def show(value: str) -> str:
     return value if value.isprintable() and value.strip() == value and value else repr(value)
 
 
-def _at(value: datetime | None, zone: str = "UTC") -> str:
+def _at(value: datetime | str | None, zone: str = "UTC") -> str:
+    if isinstance(value, str):  # a stored value that is no usable date
+        return f"{show(value)} (not a date)"
     return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
 
 

@@ -30,7 +30,8 @@ import sqlalchemy as sa
 from helpers import DbUrls, write_settings
 from jobs_helpers import make_context, std, table_digest
 
-from bgworkers import dbadmin
+from bgworkers import dbadmin, explain
+from bgworkers.clock import FixedClock
 from bgworkers.jobs import outbox_store, serial_consistency, serial_outbox
 from bgworkers.logs import configure_logging
 from bgworkers.schema import core, tenant
@@ -384,3 +385,26 @@ def test_outbox_serial_with_nul_never_links_the_serial_without_it(env: Env) -> N
     dead = [r for r in env.rows(OUT) if r.status == "dead"]
     assert [(r.serial_code, r.retry_count) for r in dead] == [(WITH_NUL, 1)]
     assert "U+0000" in dead[0].last_error
+
+
+@pytest.mark.parametrize(("serial", "table", "source_id", "problem"), [
+    (S["gen_zero"], "job_ticket_serial", 5, "generated_at"),
+    (S["gen_text"], "job_ticket_serial", 6, "generated_at"),
+    (S["tz_zero"], "flow_token", 21, "spawned_at"),
+    (S["tz_one"], "flow_token", 22, "spawned_at"),
+])
+def test_explain_names_a_poison_row_as_the_check_skips_it(
+        env: Env, serial: str, table: str, source_id: int, problem: str) -> None:
+    populate_check(env)
+    lines: list[str] = []
+    assert explain.explain(env.settings, env.dbs, serial, "DEFAULT", lines.append,
+                           as_json=True, clock=FixedClock(NOW)) == 0
+    facts = json.loads("\n".join(lines))
+    conclusions = facts["tenants"]["DEFAULT"]["conclusions"]
+    bad = [c for c in conclusions if c["outcome"] == "bad_row"]
+    assert [(c["source_table"], c["source_id"]) for c in bad] == [(table, source_id)]
+    assert bad[0]["detail"].startswith(problem)
+    text: list[str] = []
+    explain.explain(env.settings, env.dbs, serial, "DEFAULT", text.append,
+                    clock=FixedClock(NOW))
+    assert any("bad_row" in line for line in text), text
