@@ -309,23 +309,24 @@ def test_in_process_main_prints_the_verdict(db_urls: DbUrls, tmp_path: Path,
     assert capsys.readouterr().out.startswith("BGWORKERS UNKNOWN - ")
 
 
-def test_a_few_queries_whatever_the_history_size(db_urls: DbUrls, tmp_path: Path) -> None:
-    """The statements status runs do not grow with the history."""
+def test_a_few_indexed_queries_whatever_the_history_size(db_urls: DbUrls,
+                                                         tmp_path: Path) -> None:
+    """The statements status runs do not grow with the history, and read it by index."""
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     tenant_setup(db_urls, config, ["one", "two"])
     settings = load_settings(config)
 
-    def statements() -> list[str]:
-        seen: list[str] = []
+    def statements() -> list[tuple[str, Any]]:
+        seen: list[tuple[str, Any]] = []
         dbs = Databases(settings)
         sa.event.listen(dbs.coordination, "before_cursor_execute",
-                        lambda _c, _cur, sql, *_: seen.append(sql))
+                        lambda _c, _cur, sql, params, *_: seen.append((sql, params)))
         try:
             result = status_module.check(settings, dbs, datetime.now(UTC))
         finally:
             dbs.dispose()
         assert {p.state for p in result.pairs} == {"OK"}
-        return [s for s in seen if "bgw_run" in s]
+        return [(sql, params) for sql, params in seen if "bgw_run" in sql]
 
     add_runs(db_urls.core_url, [("one", "ok", MINUTE / 2), ("two", "ok", MINUTE / 2)])
     small = statements()
@@ -335,3 +336,19 @@ def test_a_few_queries_whatever_the_history_size(db_urls: DbUrls, tmp_path: Path
     add_runs(db_urls.core_url, [("one", "ok", MINUTE / 4), ("two", "ok", MINUTE / 4)])
     large = statements()
     assert len(small) == len(large) == 2, large
+    newest_per_status, params = large[0]
+    engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        if db_urls.backend == "sqlite":
+            plan = [r[3] for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + newest_per_status, params) if "bgw_run" in r[3]]
+            assert len(plan) == 9 and all(
+                "USING COVERING INDEX ix_bgw_run_job_tenant_status" in step for step in plan)
+        else:
+            conn.exec_driver_sql("ANALYZE TABLE bgw_run").all()
+            plan = [r._mapping for r in conn.exec_driver_sql(
+                "EXPLAIN " + newest_per_status, params)]
+            assert len(plan) == 9 and all(  # a loose index scan: one step per (job, tenant)
+                step["key"] == "ix_bgw_run_job_tenant_status" and
+                "Using index for group-by" in step["Extra"] for step in plan), plan
+    engine.dispose()
