@@ -1,12 +1,16 @@
 """Command line: parse, load settings, configure logs, hand off.
 
 Exit statuses: 0 ok, 1 a check found problems or a tenant failed, 2 bad
-usage, bad settings, or a command this build does not provide.
+usage, bad settings, or a command this build does not provide.  `status` is a
+monitoring check and uses the Nagios plugin codes instead: 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN (bad usage and bad settings included).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -153,10 +157,20 @@ def cmd_outbox_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """A monitoring check: every way it can end is an answer on stdout and a Nagios code."""
     from bgworkers import status
 
-    return _with_databases(args, lambda s, d: status.report(
-        s, d, SystemClock().now(), args.json, print))
+    now = SystemClock().now()
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:  # the daemon may be fine on its last valid settings
+        return status.emit(status.Check(now, error=f"invalid settings: {exc}"), args.json, print)
+    dbs = Databases(settings)
+    try:
+        return status.report(settings, dbs, now, args.json, print, job=args.job,
+                             tenant=args.tenant, err=lambda text: print(text, file=sys.stderr))
+    finally:
+        dbs.dispose()
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -223,8 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     add("jobs", cmd_jobs, "list jobs with trigger, lease group and next fire time")
     p = add("status", cmd_status,
-            "last run, next tick and health per job and tenant; exit 0 OK, 1 LATE, 2 FAILING")
-    p.add_argument("--json", action="store_true", help="one JSON object")
+            "monitoring check (Nagios plugin): per enabled job and tenant the state, last "
+            "run, last success, next tick and the error of a failed run; exit 0 OK, "
+            "1 WARNING (no success for two intervals, or never), 2 CRITICAL (latest run "
+            "partial, failed, timed_out or abandoned, or tenant refused), 3 UNKNOWN "
+            "(settings or a database unusable, bad usage)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object: verdict, exit_code, summary, counts, pairs; "
+                        "times ISO 8601 UTC")
+    p.add_argument("--job", metavar="NAME", choices=sorted(BY_NAME),
+                   help=f"only this job, one of: {', '.join(BY_NAME)}")
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant (exact code)")
     add("check-config", cmd_check_config,
         "validate settings and print the effective values (secrets masked)")
 
@@ -273,8 +296,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command word of a command line (the first word that is not --config's)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace | int:
+    """Parsed arguments; for `status`, bad usage is UNKNOWN (3), said on stdout too."""
+    argv = sys.argv[1:] if argv is None else argv
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        sys.stderr.write(errors.getvalue())
+        if exc.code == 2 and _command(argv) == "status":
+            message = errors.getvalue().strip().splitlines()[-1:] or ["bad usage"]
+            print(f"BGWORKERS UNKNOWN - {message[0]}")
+            return 3
+        raise
+    sys.stderr.write(errors.getvalue())
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
     try:
         status: int = args.func(args)
         return status

@@ -140,16 +140,15 @@ def test_codes_equal_ignoring_case_are_both_refused_everywhere(make_world: Any) 
 
     status = world.cli("status", "--json")
     assert status.returncode == 2, status.stderr
-    runs = {r["tenant"]: r for r in json.loads(status.stdout)["runs"]}
-    assert runs["maison_atelier"]["health"] == "OK" and runs["maison_atelier"]["error"] is None
+    runs = {r["tenant"]: r for r in json.loads(status.stdout)["pairs"]}
+    assert runs["maison_atelier"]["state"] == "OK" and runs["maison_atelier"]["refused"] is None
     for code in ("DEFAULT", "default"):
-        assert runs[code]["health"] == "FAILING"
-        assert "'default' (organization id 2)" in runs[code]["error"]
+        assert runs[code]["state"] == "CRITICAL"
+        assert "'default' (organization id 2)" in runs[code]["refused"]
     text = world.cli("status")
     assert text.returncode == 2
-    assert any(line.startswith("tenant DEFAULT: REFUSED: tenant 'DEFAULT' (organization id 1) "
-                               "refused: it collides with 'default' (organization id 2)")
-               for line in text.stdout.splitlines())
+    assert "    tenant refused: tenant 'DEFAULT' (organization id 1) refused: it collides " \
+           "with 'default' (organization id 2)" in text.stdout
 
     stats = world.cli("outbox", "stats")
     assert stats.returncode == 1
@@ -197,8 +196,8 @@ def test_null_empty_and_blank_codes_are_refused(make_world: Any, db_urls: DbUrls
     if db_urls.backend == "sqlite":  # no database for a tenant called "None"
         assert sorted(p.name for p in tmp_path.glob("tenant_*.db")) == ["tenant_default.db"]
     status = world.cli("status", "--json")
-    assert {r["tenant"]: r["health"] for r in json.loads(status.stdout)["runs"]} == {
-        "DEFAULT": "LATE", "<id 5>": "FAILING", "<id 6>": "FAILING", "<id 7>": "FAILING"}
+    assert {r["tenant"]: r["state"] for r in json.loads(status.stdout)["pairs"]} == {
+        "DEFAULT": "WARNING", "<id 5>": "CRITICAL", "<id 6>": "CRITICAL", "<id 7>": "CRITICAL"}
 
 
 def test_override_keyed_with_the_wrong_case_is_reported(make_world: Any,
