@@ -141,5 +141,3 @@ def test_a_frozen_holder_resumed_after_a_takeover_leaves_the_record_alone(
         recorded.status, recorded.error, recorded.ended_at)
     ended = events(tmp_path / "holder.log", "run_end_not_recorded")
     assert ended[0]["run_id"] == held_run.run_id
-    assert not events(tmp_path / "holder.log", "lease_lost") or all(
-        e.get("run_id") != held_run.run_id for e in events(tmp_path / "holder.log", "lease_lost"))
