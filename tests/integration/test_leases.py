@@ -91,3 +91,33 @@ def test_racing_threads_one_winner(dbs: Databases) -> None:
     for t in threads:
         t.join()
     assert len(wins) == 1
+
+
+def test_a_lease_released_while_it_is_being_renewed_is_not_lost(dbs: Databases) -> None:
+    """The run ends (release) between the renewer's list of leases and its UPDATE."""
+    import sqlalchemy as sa
+    from structlog.testing import capture_logs
+
+    holder = leases(dbs, "host-a:1")
+    lease = holder.acquire("serials", "DEFAULT", "run-1")
+    assert lease is not None
+    engine = dbs.coordination
+
+    once = threading.Event()
+
+    def release_first(_c: object, _cur: object, statement: str, *_a: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE BGW_LEASE") and not once.is_set():
+            once.set()
+            done = threading.Thread(target=holder.release, args=(lease,))
+            done.start()
+            done.join()
+
+    sa.event.listen(engine, "before_cursor_execute", release_first)
+    with capture_logs() as logs:
+        holder.renew_all()
+    sa.event.remove(engine, "before_cursor_execute", release_first)
+    assert once.is_set()
+    assert not lease.lost.is_set()
+    assert [e for e in logs if e["event"] == "lease_lost"] == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM bgw_lease")).scalar_one() == 0
