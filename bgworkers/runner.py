@@ -34,6 +34,18 @@ from bgworkers.tenancy import Databases, Tenant, TenantError, discover, resolve
 
 log = get_logger("bgworkers.runner")
 
+#: Limit of the daemon's own statements around runs: tenant discovery, tick
+#: claims, leases, history.  Generous: they are single-row writes.
+BOOKKEEPING_LIMIT = 30.0
+#: A TenantResult status that is no history state: another replica ran the tick.
+CLAIMED = "claimed"
+MISSED, OK = RunStatus.MISSED.value, RunStatus.OK.value
+DROPPED = "dropped at shutdown: the daemon stopped before this run started"
+STILL_RUNNING = "previous run of this tenant still running"
+#: Outcomes that count as an error of the tick (a partial run counts its own errors).
+_ERRORS = {s.value for s in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.ABANDONED)}
+_FAILING = {s.value for s in FAILING}
+
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {error_line(exc)}"
@@ -54,19 +66,6 @@ def _outcome(future: Future[TenantResult]) -> TenantResult:
     except Exception as exc:  # a bug in the runner itself: still one tenant's failure
         log.exception("run_crashed", error=_short(exc))
         return TenantResult(RunStatus.FAILED, error=traceback.format_exc())
-
-
-#: Limit of the daemon's own statements around runs: tenant discovery, tick
-#: claims, leases, history.  Generous: they are single-row writes.
-BOOKKEEPING_LIMIT = 30.0
-#: A TenantResult status that is no history state: another replica ran the tick.
-CLAIMED = "claimed"
-MISSED, OK = RunStatus.MISSED.value, RunStatus.OK.value
-DROPPED = "dropped at shutdown: the daemon stopped before this run started"
-STILL_RUNNING = "previous run of this tenant still running"
-#: Outcomes that count as an error of the tick (a partial run counts its own errors).
-_ERRORS = {s.value for s in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.ABANDONED)}
-_FAILING = {s.value for s in FAILING}
 
 
 @dataclass
