@@ -37,6 +37,8 @@ RULES = (
     Rule("alert_quarantine_spike", "warning", "quarantined", "quarantined_per_run",
          ("serial_consistency",)),
     Rule("alert_outbox_dead", "error", "marked_dead", "outbox_dead_per_run", ("serial_outbox",)),
+    Rule("alert_outbox_failed_retries", "warning", "failed_retry", "failed_retries_per_run",
+         ("serial_outbox",)),
     Rule("alert_job_errors", "warning", "errors", "errors_per_run"),
 )
 #: Logged by the outbox watch when a tenant's oldest pending row is older than

@@ -142,6 +142,7 @@ class Daemon:
                                    executor="internal", next_run_time=self.clock.now())
         if self.settings.metrics.listen:
             assert self.runner.metrics is not None
+            self.runner.metrics.start(self.settings, self.runner.dbs, self.clock.now())
             self.runner.metrics.serve(self.settings.metrics.listen)
         self.scheduler.aps.start()
         log.info("daemon_started", pid=os.getpid(), config=str(self.config),

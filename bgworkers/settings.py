@@ -169,6 +169,7 @@ class AlertsSettings(_Section):
 
     quarantined_per_run: NonNegativeInt = 10
     outbox_dead_per_run: NonNegativeInt = 0
+    failed_retries_per_run: NonNegativeInt = 5
     errors_per_run: NonNegativeInt = 0
     outbox_oldest_pending: PositiveDuration = timedelta(hours=1)
 

@@ -165,17 +165,18 @@ every = "1h"
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
                 return str(resp.read().decode())
 
-        wait_until(lambda: 'bgworkers_runs_total{job="heartbeat",status="ok",tenant="DEFAULT"}'
-                   in scrape())
+        ok = 'bgworkers_runs_total{job_name="heartbeat",status="ok",tenant="DEFAULT"}'
+        # the series is there at 0 from the start: wait for a counted run
+        wait_until(lambda: f"{ok} 0.0" not in scrape())
         text = scrape()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                for line in text.splitlines() if line and not line.startswith("#")}
-    assert samples['bgworkers_runs_total{job="heartbeat",status="ok",tenant="DEFAULT"}'] >= 1
-    assert samples['bgworkers_run_duration_seconds_count{job="heartbeat"}'] >= 1
-    assert samples['bgworkers_last_success_timestamp_seconds{job="heartbeat",tenant="DEFAULT"}'
-                   ] > time.time() - 60
+    assert samples[ok] >= 1
+    assert samples['bgworkers_run_duration_seconds_count{job_name="heartbeat"}'] >= 1
+    assert samples['bgworkers_last_success_timestamp_seconds{job_name="heartbeat",'
+                   'tenant="DEFAULT"}'] > time.time() - 60
     assert samples['bgworkers_outbox_rows{status="pending",tenant="DEFAULT"}'] == 0
     assert samples['bgworkers_outbox_oldest_pending_age_seconds{tenant="DEFAULT"}'] == 0
     assert samples['bgworkers_quarantine_open{reason="orphaned",tenant="DEFAULT"}'] == 0

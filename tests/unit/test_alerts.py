@@ -15,6 +15,10 @@ CASES = [
     ("serial_outbox", {"marked_dead": 1}, {}, ["alert_outbox_dead"]),
     ("serial_outbox", {"marked_dead": 3}, {"outbox_dead_per_run": 5}, []),
     ("dashboard_fast", {"errors": 1}, {}, ["alert_job_errors"]),
+    ("serial_outbox", {"failed_retry": 5}, {}, []),
+    ("serial_outbox", {"failed_retry": 6}, {}, ["alert_outbox_failed_retries"]),
+    ("serial_outbox", {"failed_retry": 6}, {"failed_retries_per_run": 6}, []),
+    ("dashboard_fast", {"failed_retry": 50}, {}, []),  # an outbox counter only
     ("serial_outbox", {"marked_dead": 2, "errors": 1}, {},
      ["alert_outbox_dead", "alert_job_errors"]),
 ]
