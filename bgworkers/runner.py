@@ -488,9 +488,11 @@ class Runner:
             self._defer(f"missed {job}/{tenant}", write)
         log.warning("tenant_tick_missed", job=job, tenant=tenant, tick=tick_at.isoformat(),
                     reason=reason)
+        result = TenantResult(MISSED, error=reason)
         if self.metrics is not None:
             self.metrics.missed.labels(job).inc()
-        return TenantResult(MISSED, error=reason)
+        self._measure(job, tenant, result, None)
+        return result
 
     # -------------------------------------------------------------- shutdown
 
