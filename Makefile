@@ -7,6 +7,9 @@
 #                in the foreground (Ctrl-C stops it)
 #   make lint    ruff and mypy
 #   make clean   caches, coverage data, build output, demo data (distclean: also .venv)
+#   make install    (root) install or upgrade the service: build packages, /opt/bgworkers/venv,
+#                   the unit, /etc/bgworkers (kept if present), /usr/local/bin/bgworkers
+#   make uninstall  (root) remove what install added but /etc/bgworkers and /var/lib/bgworkers
 #
 # Knobs: PYTHON (interpreter for the venv, default python3.11 else python3),
 #        PYTEST_ARGS (e.g. make test PYTEST_ARGS='-m "not mariadb" -x').
@@ -25,7 +28,7 @@ STAMP := $(VENV)/.bgworkers-installed
 LINT_PATHS := bgworkers tests bench
 PYTEST_ARGS ?=
 
-.PHONY: test venv system-deps demo lint clean distclean
+.PHONY: test venv system-deps demo lint clean distclean install uninstall
 
 test: system-deps venv
 	@status=0; \
@@ -71,6 +74,13 @@ lint: venv
 	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
 	$(BIN)/mypy || status=1; \
 	exit $$status
+
+# Works from a read-only tree: deploy/install.sh builds in a temporary copy.
+install:
+	@bash deploy/install.sh install
+
+uninstall:
+	@bash deploy/install.sh uninstall
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov \

@@ -107,6 +107,12 @@ class DatabaseSettings(_Section):
     pool_timeout: PositiveDuration = timedelta(seconds=30)
     connect_timeout: PositiveDuration = timedelta(seconds=10)
 
+    #: The directory relative SQLite paths are relative to: the settings file's
+    #: (set by load_settings), so the daemon and the CLI open the same files
+    #: whatever their working directory; None (settings built in code): the
+    #: working directory.
+    _sqlite_base: Path | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _resolve_password(self) -> DatabaseSettings:
         """password > password_file > $CREDENTIALS_DIRECTORY/<password_credential>."""
@@ -129,8 +135,14 @@ class DatabaseSettings(_Section):
         return self
 
     def url(self, raw: str) -> URL:
-        """The URL to connect with: the configured password filled in where the URL has none."""
+        """The URL to connect with: a relative SQLite path anchored at the settings
+        file's directory, the configured password filled in where the URL has none."""
         url = make_url(raw)
+        name = url.database
+        if (self._sqlite_base is not None and url.get_backend_name() == "sqlite" and name
+                and name != ":memory:" and not name.startswith("file:")
+                and not Path(name).is_absolute()):
+            url = url.set(database=str(self._sqlite_base / name))
         if self.password is not None and url.username and url.password is None:
             url = url.set(password=self.password.get_secret_value())
         return url
@@ -275,6 +287,7 @@ def load_settings(path: Path) -> Settings:
     except ValidationError as exc:
         raise SettingsError(source, [_describe(err) for err in exc.errors()]) from None
     settings._source = source
+    settings.database._sqlite_base = path.absolute().parent
     return settings
 
 

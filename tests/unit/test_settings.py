@@ -261,3 +261,20 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     result = _cli("jobs", env={"BGWORKERS_CONFIG": str(path)})
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}: logging.level:")
+
+
+def test_relative_sqlite_paths_follow_the_settings_file_not_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = write(etc, "[database]\ncore_url = 'sqlite:///data/core.db'\n"
+                      "tenant_url = 'sqlite:///data/t_{code_lower}.db'\n"
+                      "coordination_url = 'sqlite:////abs/coord.db'\n")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the same files
+    settings = load_settings(Path("etc") / path.name)
+    db = settings.database
+    assert db.url(db.core_url).database == str(etc / "data" / "core.db")
+    assert db.url(settings.tenant_url("DEFAULT")).database == str(etc / "data" / "t_default.db")
+    assert db.url(db.coordination_url or "").database == "/abs/coord.db"
+    assert db.url("sqlite:///:memory:").database == ":memory:"
+    assert db.core_url == "sqlite:///data/core.db"  # the setting itself is kept as written
