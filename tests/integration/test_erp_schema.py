@@ -284,3 +284,27 @@ def _assert_php_snapshots_purged(engine: sa.Engine, shape: str) -> None:
             # (the trends' superseded snapshots go after an hour)
             expected = [] if name == "mv_dashboard_trends" else [str(recent)]
             assert kept == expected, (name, kept, shape, old)
+
+
+def test_enum_widening_keeps_the_columns_own_values_default_and_comment(
+        install: Install) -> None:
+    if install.tenant.dialect.name != "mysql" or install.shape != "t27":
+        pytest.skip("ENUMs exist on MySQL/MariaDB only (one shape suffices)")
+    query = sa.text(
+        "SELECT COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLLATION_NAME, COLUMN_COMMENT "
+        "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+        "AND TABLE_NAME = 'serial_quarantine' AND COLUMN_NAME = 'reason'")
+    with install.tenant.begin() as conn:  # a later ERP release: its own value, a default
+        conn.exec_driver_sql(
+            "ALTER TABLE serial_quarantine MODIFY reason ENUM('invalid_format','checksum_fail',"
+            "'hash_fail','duplicate','it''s manual') CHARACTER SET utf8mb4 "
+            "COLLATE utf8mb4_unicode_ci NOT NULL DEFAULT 'duplicate' COMMENT 'why it''s held'")
+        before = conn.execute(query).one()
+    status, lines = install.lines("upgrade", None, False)
+    assert status == 0, lines
+    with install.tenant.connect() as conn:
+        after = conn.execute(query).one()
+    assert after[0] == before[0][:-1] + ",'orphaned','registry_mismatch','unregistered')"
+    assert tuple(after[1:]) == tuple(before[1:])
+    status, again = install.lines("upgrade", None, True)
+    assert all(line.endswith("nothing to do") for line in again), again
