@@ -7,16 +7,15 @@ still processed).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, MetaData, inspect
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.db import ensure_database, error_line, is_sqlite
-from bgworkers.schema import core, migrate, own, tenant
+from bgworkers.schema import core, migrate, needs, tenant
 from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, discover
 
@@ -31,25 +30,25 @@ class Target:
     raw_url: str
     erp: MetaData | None  # ERP tables (created by init as the ERP ships them)
     chains: tuple[migrate.Chain, ...]  # migration chains applied to it
-    expected: tuple[MetaData, ...]  # everything the jobs need there
+    needs: tuple[needs.Need, ...]  # the tables the jobs use there
 
 
 def core_targets(settings: Settings) -> list[Target]:
     db = settings.database
     if db.coordination_url in (None, db.core_url):
         return [Target("core", db.core_url, core.metadata, ("coordination",),
-                       (core.metadata, own.metadata))]
+                       (*needs.CORE_NEEDS, *needs.OWN_NEEDS))]
     return [
-        Target("core", db.core_url, core.metadata, (), (core.metadata,)),
+        Target("core", db.core_url, core.metadata, (), needs.CORE_NEEDS),
         Target("coordination", db.coordination_url or "", None, ("coordination",),
-               (own.metadata,)),
+               needs.OWN_NEEDS),
     ]
 
 
 def tenant_target(settings: Settings, code: str) -> Target:
     baseline = tenant.define(MetaData(), erp_baseline=True)
     return Target(f"tenant {code}", settings.tenant_url(code), baseline, ("tenant",),
-                  (tenant.metadata,))
+                  needs.TENANT_NEEDS)
 
 
 def _tenant_targets(settings: Settings, dbs: Databases, codes: list[str] | None,
@@ -108,26 +107,35 @@ def _init_one(target: Target, dbs: Databases, out: Out) -> int:
 
 def upgrade(settings: Settings, dbs: Databases, code: str | None, dry_run: bool,
             out: Out) -> int:
+    """Apply what each database still needs; dry run: print exactly those statements.
+
+    The dry run's output is SQL as a whole: one `-- ` line per database and
+    chain, then the statements `db upgrade` would run there, each ending in `;`.
+    """
     status = 0
     targets = [t for t in core_targets(settings) if t.chains]
     for target in [*targets, *_tenant_targets(settings, dbs, [code] if code else None, out)]:
         try:
             engine = dbs.engine(target.raw_url)
             for chain in target.chains:
-                sql = io.StringIO() if dry_run else None
-                applied = migrate.upgrade(engine, chain, sql)
-                verb = "would apply" if dry_run else "applied"
-                out(f"{_label(target, dbs)}: {verb} {', '.join(applied)}" if applied
-                    else f"{_label(target, dbs)}: up to date, nothing to do")
-                if sql is not None and applied:
-                    out(sql.getvalue().rstrip())
+                plan = migrate.make_plan(engine, chain)
+                label = _label(target, dbs)
+                if not plan.todo:
+                    out(f"{'-- ' if dry_run else ''}{label}: up to date, nothing to do")
+                elif dry_run:
+                    out(f"-- {label}: would apply {plan.label()}")
+                    for stmt in plan.statements():
+                        out(f"{stmt};")
+                else:
+                    migrate.apply(engine, plan)
+                    out(f"{label}: applied {plan.label()}")
         except SQLAlchemyError as exc:
             status |= _failed(target, dbs, exc, out)
     return status
 
 
 def check(settings: Settings, dbs: Databases, out: Out) -> int:
-    """Report missing tables and columns per database; 1 if anything is missing."""
+    """Report, per database, what is missing and what provides it; 1 if anything is."""
     status = 0
     targets = core_targets(settings)
     try:
@@ -141,7 +149,7 @@ def check(settings: Settings, dbs: Databases, out: Out) -> int:
             status = 1
             continue
         try:
-            missing = _missing(dbs.engine(target.raw_url), target.expected)
+            missing = _missing(target, dbs)
         except SQLAlchemyError as exc:
             status |= _failed(target, dbs, exc, out)
             continue
@@ -153,15 +161,20 @@ def check(settings: Settings, dbs: Databases, out: Out) -> int:
     return status
 
 
-def _missing(engine: Engine, expected: tuple[MetaData, ...]) -> list[str]:
-    insp = inspect(engine)
-    present = set(insp.get_table_names())
-    missing = []
-    for metadata in expected:
-        for name, table in metadata.tables.items():
-            if name not in present:
-                missing.append(f"table {name}")
-                continue
-            have = {c["name"] for c in insp.get_columns(name)}
-            missing += [f"column {name}.{c.name}" for c in table.columns if c.name not in have]
-    return missing
+def _missing(target: Target, dbs: Databases) -> list[str]:
+    """What the ERP must provide (with the migration that does), then what
+    `db upgrade` adds: exactly the changes its plan holds."""
+    engine = dbs.engine(target.raw_url)
+    out = []
+    erp = needs.missing_required(engine, target.needs)
+    by_fix: dict[str, list[str]] = {}
+    for item in erp:
+        name = item.split()[1].split(".")[0]
+        column = item.split(".", 1)[1] if "." in item else None
+        by_fix.setdefault(needs.BY_NAME[name].fix(column), []).append(item)
+    out += [f"{'; '.join(items)} ({fix})" for fix, items in by_fix.items()]
+    ours = [what for chain in target.chains
+            for what in migrate.make_plan(engine, chain).missing()]
+    if ours:
+        out.append(f"{'; '.join(ours)} ({needs.UPGRADE})")
+    return out

@@ -14,7 +14,9 @@ The three jobs share `run`; each refreshes the tables listed in its settings
    `delete_batch` rows, one short transaction each.
 
 A table that fails (a database error) is logged, counted in `errors`, and the
-next table still runs.  Losing the lease stops the run before its next write.
+next table still runs.  When the failure is the schema's (a table or column the
+refresh uses is missing), the error names the database, the table, the column
+and the command that provides it.  Losing the lease stops the run before its next write.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from bgworkers.jobs import dashboard_now as now
 from bgworkers.jobs import dashboard_trends as trends
 from bgworkers.jobs.base import Counters, JobContext
 from bgworkers.jobs.dashboard_sql import Moment
-from bgworkers.schema import tenant
+from bgworkers.schema import needs, tenant
 from bgworkers.settings import DashboardTierSettings
 
 COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
@@ -61,6 +63,8 @@ class SummaryTable:
     #: (InnoDB reading index pages that its own open transaction changed checks
     #: every row there against the table: seconds, not milliseconds)
     prepare: Callable[[Moment, Connection], None] | None = None
+    #: the tables the refresh reads (checked when it fails)
+    reads: tuple[Table, ...] = ()
 
 
 def _older_than(table: Table, keep: timedelta) -> Expired:
@@ -71,30 +75,38 @@ def _now(build: Callable[[Moment], list[Insert]]) -> Build:
     return lambda m, _conn: build(m)
 
 
+_NOW_READS = (tenant.flow_token, tenant.job_graph_instance, tenant.token_assignment,
+              tenant.team_member, tenant.routing_node, tenant.team, tenant.token_event)
+
 TABLES: dict[str, SummaryTable] = {
     "mv_token_flow_summary": SummaryTable(
         tenant.mv_token_flow_summary,
         _now(now.token_flow_summary),
         _older_than(tenant.mv_token_flow_summary, now.RECENT),
+        reads=_NOW_READS,
     ),
     "mv_node_bottlenecks": SummaryTable(
         tenant.mv_node_bottlenecks,
         _now(now.node_bottlenecks),
         _older_than(tenant.mv_node_bottlenecks, now.RECENT),
+        reads=_NOW_READS,
     ),
     "mv_team_workload": SummaryTable(
         tenant.mv_team_workload,
         _now(now.team_workload),
         _older_than(tenant.mv_team_workload, now.RECENT),
+        reads=_NOW_READS,
     ),
     "mv_cycle_time_analytics": SummaryTable(
         tenant.mv_cycle_time_analytics,
         cycle.cycle_time_analytics,
         _older_than(tenant.mv_cycle_time_analytics, timedelta(days=cycle.CYCLE_DAYS)),
         prepare=cycle.record_visits,
+        reads=(tenant.token_event, tenant.team_member, tenant.node_visit),
     ),
     "mv_dashboard_trends": SummaryTable(
-        tenant.mv_dashboard_trends, trends.dashboard_trends, trends.trends_expired
+        tenant.mv_dashboard_trends, trends.dashboard_trends, trends.trends_expired,
+        reads=(tenant.flow_token, tenant.job_graph_instance, tenant.routing_graph),
     ),
 }
 
@@ -118,9 +130,9 @@ def run(ctx: JobContext) -> Counters:
             written, deleted = refresh(ctx, TABLES[name], m, settings.delete_batch)
         except SQLAlchemyError as exc:
             counters["errors"] += 1
-            ctx.part_failed(f"table {name}", error_line(exc))
-            ctx.log.error("dashboard_table_failed", table=name, error=error_line(exc),
-                          ms=_ms(started))
+            error = schema_error(ctx, TABLES[name]) or error_line(exc)
+            ctx.part_failed(f"table {name}", error)
+            ctx.log.error("dashboard_table_failed", table=name, error=error, ms=_ms(started))
             continue
         counters["tables"] += 1
         counters["rows_written"] += written
@@ -135,6 +147,19 @@ def run(ctx: JobContext) -> Counters:
             dry_run=ctx.dry_run,
         )
     return counters
+
+
+def schema_error(ctx: JobContext, spec: SummaryTable) -> str | None:
+    """After a failure: the tables or columns of this refresh the database lacks, if any,
+    e.g. "tenant DEFAULT database bgerp_t_default: table mv_cycle_time_analytics has
+    no column p50_minutes; run `bgworkers db upgrade`"."""
+    try:
+        found = needs.problems(ctx.db, (spec.table, *spec.reads))
+    except SQLAlchemyError:
+        return None  # the database itself is the problem: its own error says so
+    if not found:
+        return None
+    return f"{needs.describe(ctx.db, f'tenant {ctx.tenant.code}')}: {'; '.join(found)}"
 
 
 def _ms(started: float) -> int:

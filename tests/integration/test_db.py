@@ -64,7 +64,7 @@ def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Data
     lines = second.stdout.splitlines()
     assert "already has 5 tables, left alone" in lines[0]
     assert "tenant bad-code: tenant code 'bad-code' refused" in second.stdout
-    created = "created 19 tables (migrations: tenant_0001, tenant_0002)"
+    created = "created 19 tables (migrations: tenant_0001, tenant_0002, tenant_0003)"
     assert sum(created in line for line in lines) == 2
     assert "closed_shop" not in second.stdout
 
@@ -101,14 +101,19 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
 
     before = bgworkers(config, "db", "check")
     assert before.returncode == 1
-    assert "core (" in before.stdout and "MISSING table bgw_run; table bgw_lease" in before.stdout
+    assert "core (" in before.stdout and (
+        "MISSING table bgw_run; table bgw_lease (run `bgworkers db upgrade`)" in before.stdout)
     assert before.stdout.count(
-        "MISSING column serial_link_outbox.next_attempt_at; table mv_dashboard_trends; "
-        "table bgw_node_visit") == 2
+        "MISSING column serial_link_outbox.next_attempt_at; index ix_serial_link_outbox_due; ") == 2
+    assert before.stdout.count(
+        "table mv_dashboard_trends; table bgw_node_visit (run `bgworkers db upgrade`)") == 2
+    # a MySQL ENUM lacks the project's reasons; SQLite stores them as text
+    widen = ("values orphaned, registry_mismatch, unregistered of ENUM serial_quarantine.reason")
+    assert before.stdout.count(widen) == (2 if dbs.core.dialect.name == "mysql" else 0)
 
     dry = bgworkers(config, "db", "upgrade", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.count("would apply tenant_0001, tenant_0002") == 2
+    assert dry.stdout.count("would apply tenant_0001, tenant_0002, tenant_0003") == 2
     assert "would apply coord_0001, coord_0002" in dry.stdout
     assert "ADD COLUMN next_attempt_at DATETIME" in dry.stdout
     assert "CREATE TABLE mv_dashboard_trends" in dry.stdout
@@ -117,7 +122,7 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
 
     applied = bgworkers(config, "db", "upgrade")
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("applied tenant_0001, tenant_0002") == 2
+    assert applied.stdout.count("applied tenant_0001, tenant_0002, tenant_0003") == 2
     assert "applied coord_0001, coord_0002" in applied.stdout
 
     again = bgworkers(config, "db", "upgrade")
