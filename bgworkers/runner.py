@@ -29,6 +29,7 @@ from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost
 from bgworkers.leases import Lease, Leases
 from bgworkers.logs import get_logger, log_context
 from bgworkers.metrics import Metrics
+from bgworkers.schema import core, needs
 from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, Tenant, TenantError, discover, resolve
 
@@ -55,6 +56,23 @@ def _databases(settings: Settings) -> Databases:
     """Engines whose client timeouts outlast the longest run limit (a last resort)."""
     longest = settings.jobs.longest_timeout().total_seconds()
     return Databases(settings, io_timeout=longest + BOOKKEEPING_LIMIT)
+
+
+def _schema_error(spec: JobSpec, ctx: JobContext) -> str | None:
+    """After a database error: the tables and columns of the job its databases lack, each
+    with the command that provides it; None when the schema is whole."""
+    found = []
+    for label, engine, tables in (
+            (f"tenant {ctx.tenant.code}", ctx.db, [t for t in spec.tables if t.metadata is not
+                                                    core.metadata]),
+            ("core", ctx.core, [t for t in spec.tables if t.metadata is core.metadata])):
+        try:
+            problems = needs.problems(engine, tables) if tables else []
+        except SQLAlchemyError:
+            continue  # that database itself is the problem: its own error says so
+        if problems:
+            found.append(f"{needs.describe(engine, label)}: {'; '.join(problems)}")
+    return "\n".join(found) or None
 
 
 def _outcome(future: Future[TenantResult]) -> TenantResult:
@@ -390,8 +408,10 @@ class Runner:
                 if limit.expired():
                     result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())
                 else:
-                    result = TenantResult(RunStatus.FAILED, error=traceback.format_exc())
-                    ctx.log.exception("run_failed", error=_short(exc))
+                    named = _schema_error(spec, ctx) if isinstance(exc, SQLAlchemyError) else None
+                    result = TenantResult(RunStatus.FAILED, error="\n".join(
+                        filter(None, (named, traceback.format_exc()))))
+                    ctx.log.exception("run_failed", error=named or _short(exc))
                 self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
             if limit.fired and result.status != RunStatus.TIMED_OUT:  # went on after its cut
                 result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())

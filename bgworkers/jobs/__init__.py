@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bgworkers.jobs import dashboard, heartbeat, serial_consistency, serial_outbox
 from bgworkers.jobs.base import JobSpec
+from bgworkers.schema import core, tenant
 
 SERIAL_CONSISTENCY = JobSpec(
     "serial_consistency",
@@ -17,6 +18,8 @@ SERIAL_CONSISTENCY = JobSpec(
      "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined", "bad_rows",
      "errors"),
     serial_consistency.run,
+    (tenant.job_ticket_serial, tenant.flow_token, tenant.job_ticket, tenant.serial_quarantine,
+     tenant.serial_link_outbox, core.serial_registry),
 )
 SERIAL_OUTBOX = JobSpec(
     "serial_outbox",
@@ -25,6 +28,7 @@ SERIAL_OUTBOX = JobSpec(
     ("tenants", "pending_found", "retried", "succeeded", "failed_retry", "marked_dead",
      "bad_rows", "errors"),
     serial_outbox.run,
+    (tenant.serial_link_outbox, core.serial_registry),
 )
 DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW = (
     JobSpec(f"dashboard_{tier}", f"dashboard_{tier}", f"refresh the {tier} dashboard tier",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 from structlog.typing import FilteringBoundLogger
 
 from bgworkers import limits
@@ -41,6 +41,9 @@ class JobSpec:
     description: str
     counters: tuple[str, ...]
     run: Callable[[JobContext], Counters]
+    #: tenant and core tables the job reads and writes: checked when a run fails,
+    #: so a missing table or column is named with the command that adds it
+    tables: tuple[Table, ...] = ()
 
 
 @dataclass

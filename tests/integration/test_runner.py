@@ -157,3 +157,29 @@ def test_a_late_firing_is_recorded_missed_for_every_tenant(
     assert rows == {("DEFAULT", 10): ("ok", None), ("maison_atelier", 10): ("ok", None),
                     ("DEFAULT", 11): ("missed", "fired 75.0s late"),
                     ("maison_atelier", 11): ("missed", "fired 75.0s late")}
+
+
+def test_a_missing_column_fails_the_run_naming_database_table_column_and_fix(
+        db_urls: DbUrls, tmp_path: Path) -> None:
+    config = heartbeat_settings(tmp_path / "erp.toml", db_urls,
+                                extra="[jobs.serial_outbox]\nenabled = true\n")
+    tenant_setup(db_urls, config, ["DEFAULT"], erp_schema=True)
+    engine = sa.create_engine(db_urls.tenant("DEFAULT"), poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:  # an install whose upgrade was never run
+        for index in sa.inspect(conn).get_indexes("serial_link_outbox"):
+            if "next_attempt_at" in index["column_names"]:
+                conn.execute(sa.text(f"DROP INDEX {index['name']}" + (
+                    "" if db_urls.backend == "sqlite" else " ON serial_link_outbox")))
+        conn.execute(sa.text("ALTER TABLE serial_link_outbox DROP COLUMN next_attempt_at"))
+    engine.dispose()
+    runner = Runner(load_settings(config))
+    try:
+        result = runner.tick("serial_outbox", TICK)
+    finally:
+        runner.close()
+    outcome = result.tenants["DEFAULT"]
+    assert outcome.status == "failed" and outcome.error is not None
+    database = sa.engine.make_url(db_urls.tenant("DEFAULT")).database
+    assert outcome.error.splitlines()[0] == (
+        f"tenant DEFAULT database {database}: table serial_link_outbox has no column "
+        "next_attempt_at; run `bgworkers db upgrade`")
