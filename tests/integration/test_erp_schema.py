@@ -286,10 +286,11 @@ def _assert_php_snapshots_purged(engine: sa.Engine, shape: str) -> None:
             assert kept == expected, (name, kept, shape, old)
 
 
+@pytest.mark.mariadb
+@pytest.mark.parametrize("db_urls", ["mariadb"], indirect=True)  # ENUMs: MySQL/MariaDB only
+@pytest.mark.parametrize("install", ["t27"], indirect=True)  # one shape suffices
 def test_enum_widening_keeps_the_columns_own_values_default_and_comment(
         install: Install) -> None:
-    if install.tenant.dialect.name != "mysql" or install.shape != "t27":
-        pytest.skip("ENUMs exist on MySQL/MariaDB only (one shape suffices)")
     query = sa.text(
         "SELECT COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLLATION_NAME, COLUMN_COMMENT "
         "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
