@@ -286,17 +286,17 @@ def send_journal(payload: bytes) -> None:
         os.close(fd)
 
 
-def _short_value(value: Any) -> str:
+def _short_value(value: Any, limit: int = CONSOLE_VALUE_CHARS) -> str:
     if isinstance(value, Mapping):
-        text = "{" + ",".join(f"{k}:{_short_value(v)}" for k, v in value.items()) + "}"
+        text = "{" + ",".join(f"{k}:{_short_value(v, limit)}" for k, v in value.items()) + "}"
     elif isinstance(value, list):
-        text = "[" + ",".join(_short_value(v) for v in value) + "]"
+        text = "[" + ",".join(_short_value(v, limit) for v in value) + "]"
     elif isinstance(value, str):
         text = value.splitlines()[0] if value.strip() else json.dumps(value)
         text = text if _BARE.fullmatch(text) or not text else json.dumps(text, ensure_ascii=False)
     else:
         text = _text(value)
-    return text if len(text) <= CONSOLE_VALUE_CHARS else text[: CONSOLE_VALUE_CHARS - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render_console(event_dict: Mapping[str, Any], width: int = 100, colors: bool = False) -> str:
@@ -309,7 +309,8 @@ def render_console(event_dict: Mapping[str, Any], width: int = 100, colors: bool
                      if isinstance(event_dict.get(k), str))
     keys = [k for k in CONSOLE_FIRST if k in event_dict]
     keys += [k for k in event_dict if k not in CONSOLE_HIDDEN and k not in keys]
-    pairs = [f"{k}={_short_value(v)}" for k in keys
+    pairs = [f"{k}={_short_value(v, width if k in CONSOLE_FIRST else CONSOLE_VALUE_CHARS)}"
+             for k in keys
              if (v := event_dict[k]) not in (None, False, 0, "", [], {}) or k == "status"]
     exc = event_dict.get("exception")
     if isinstance(exc, str) and exc.strip() and "error" not in event_dict:
