@@ -423,6 +423,20 @@ def test_refuses_without_reset_then_reset_starts_over(demo: Demo) -> None:
     assert dbadmin.check(demo.settings, demo.dbs, lambda _: None) == 0
 
 
+def test_progress_lines_while_generation_runs_long(db_urls: DbUrls, tmp_path: Path) -> None:
+    made = _demo(db_urls, tmp_path)
+    try:
+        assert made.run(tenants=3, progress_every=0.05) == 0
+        progress = [line for line in made.lines if line.startswith("demo-data: progress: ")]
+        assert progress, made.lines
+        assert re.fullmatch(r"demo-data: progress: [0-3]/3 tenants done, [\d,]+ rows written, "
+                            r"now \w+, \d+ s", progress[-1])
+        assert made.run(reset=True) == 0  # fast at the default interval: no progress line
+        assert not any("progress:" in line for line in made.lines)
+    finally:
+        made.dbs.dispose()
+
+
 def test_db_check_passes_after_generation(demo: Demo) -> None:
     lines: list[str] = []
     assert dbadmin.check(demo.settings, demo.dbs, lines.append) == 0, lines
