@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,10 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
+    from bgworkers.logs import quiet_console
     from bgworkers.runner import Runner
 
     settings = _settings(args)
     spec = BY_NAME[args.job]
+    # On a terminal the summary below gives each tenant's counters: no log line repeats them.
+    quiet_console("warning", hidden=("job_tenant_result", "job_run_summary"))
     runner = Runner(settings)
     runner.leases.start()
     try:
@@ -69,13 +73,25 @@ def cmd_run_once(args: argparse.Namespace) -> int:
               f"{len(result.tenants)} tenants")
         for code, tenant in result.tenants.items():
             counters = " ".join(f"{k}={v}" for k, v in tenant.counters.items())
-            reason = (tenant.error or "").strip().splitlines()[-1:] if tenant.status != "ok" else []
-            print(f"  {code:<20} {tenant.status:<8} {counters}{' '.join(['', *reason])}")
+            noted = runner.errors.get((spec.name, code))
+            reason = "" if tenant.status == "ok" else error_text(
+                noted[1].removeprefix(f"{spec.name}/{code}: ") if noted else tenant.error or "")
+            print(f"  {code:<20} {tenant.status:<8} {' '.join(filter(None, [counters, reason]))}")
         total = result.total(spec.counters)
         print("  total: " + " ".join(f"{k}={v}" for k, v in total.items()))
     if result.error:
         print(f"bgworkers run-once: {result.error}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def error_text(error: str) -> str:
+    """One line of a run's error: of a traceback, the exception's own first line (never
+    SQLAlchemy's SQL, parameters or "Background on this error at" link)."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Traceback"):
+        return lines[0] if lines else ""
+    heads = [line for line in lines if re.match(r"[A-Za-z_][\w.]*: ", line)]
+    return heads[-1] if heads else lines[-1]
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -118,8 +118,10 @@ class Daemon:
     def status(self) -> str:
         jobs = len(self.scheduler.held)
         text = f"{jobs} jobs scheduled; last: {self.last_tick}"
-        if self.runner.last_error:
-            text += f"; last error: {self.runner.last_error}"
+        last_error = self.runner.last_error  # cleared once that job and tenant run ok
+        if last_error:
+            at, error = last_error
+            text += f"; last error {at.astimezone(UTC):%H:%M:%S} UTC: {error.splitlines()[0]}"
         if self.reload_error:
             text = (f"reload failed, running on previous settings: "
                     f"{self.reload_error.splitlines()[0]}; {text}")

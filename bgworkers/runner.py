@@ -171,10 +171,28 @@ class Runner:
         self.known_tenants: list[str] = []  # as last discovered: for ticks that cannot list them
         self.stopping = threading.Event()
         self.metrics: Metrics | None = None  # the daemon's; run-once has none
-        self.last_error: str | None = None
+        #: Errors not yet followed by a success: (job, tenant or None for the tick) -> (when, text)
+        self.errors: dict[tuple[str, str | None], tuple[datetime, str]] = {}
         self._runs: dict[tuple[str, str], _Run] = {}
         self._unwritten: list[tuple[str, Callable[[Engine], object]]] = []
         self._lock = threading.Lock()
+
+    def note_error(self, job: str, tenant: str | None, text: str) -> None:
+        """An error of a run (or of the tick: tenant None), kept until `note_ok`."""
+        with self._lock:
+            self.errors[job, tenant] = (self.clock.now(), text)
+
+    def note_ok(self, job: str, tenant: str) -> None:
+        """A run succeeded: its earlier error, and its job's tick error, are over."""
+        with self._lock:
+            self.errors.pop((job, tenant), None)
+            self.errors.pop((job, None), None)
+
+    @property
+    def last_error(self) -> tuple[datetime, str] | None:
+        """The latest error still standing: (when, text)."""
+        with self._lock:
+            return max(self.errors.values(), default=None, key=lambda e: e[0])
 
     def update(self, settings: Settings) -> None:
         """New settings after a reload: new engines, TTL and pool size for later runs."""
@@ -219,7 +237,7 @@ class Runner:
                 tenants, problems = discover(settings, dbs.core)
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
             result.error = f"cannot list tenants from the core database: {_short(exc)}"
-            self.last_error = result.error
+            self.note_error(job, None, result.error)
             log.error("tenant_discovery_failed", job=job, error=result.error)
             if not dry_run:  # every tick of every tenant gets its row, now or later
                 for code in self.known_tenants if only is None else [only]:
@@ -382,7 +400,7 @@ class Runner:
                 self.leases.release(lease)
             error = f"not run: coordination database unavailable: {_short(exc)}"
             tenant_log.error("run_not_started", error=error)
-            self.last_error = error
+            self.note_error(spec.name, tenant, error)
             # Recorded once the database answers again: the tick has a row either way.
             if claimed:
                 self._defer(f"finish {run_id}", functools.partial(
@@ -412,18 +430,23 @@ class Runner:
                     result = TenantResult(RunStatus.FAILED, error="\n".join(
                         filter(None, (named, traceback.format_exc()))))
                     ctx.log.exception("run_failed", error=named or _short(exc))
-                self.last_error = f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
+                self.note_error(spec.name, ctx.tenant.code, f"{spec.name}/{ctx.tenant.code}: "
+                                f"{_short(exc)}")
             if limit.fired and result.status != RunStatus.TIMED_OUT:  # went on after its cut
                 result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())
         ms = int((time.monotonic() - started) * 1000)
         if result.status == RunStatus.TIMED_OUT:
-            self.last_error = f"{spec.name}/{ctx.tenant.code}: {result.error}"
+            self.note_error(spec.name, ctx.tenant.code,
+                            f"{spec.name}/{ctx.tenant.code}: {result.error}")
             ctx.log.error("run_timed_out", error=result.error, limit_s=limit_s, ms=ms)
         if result.status == OK and (ctx.problems or result.counters.get("errors")):
             result.status = RunStatus.PARTIAL
             result.error = "\n".join(ctx.problems) or (
                 f"{result.counters['errors']} part(s) of the run failed (see its log events)")
-            self.last_error = f"{spec.name}/{ctx.tenant.code}: {result.error.splitlines()[0]}"
+            self.note_error(spec.name, ctx.tenant.code,
+                            f"{spec.name}/{ctx.tenant.code}: {result.error.splitlines()[0]}")
+        elif result.status == OK:
+            self.note_ok(spec.name, ctx.tenant.code)
         if result.status in (OK, RunStatus.PARTIAL):
             result.alerts = alerts.check(spec.name, result.counters, ctx.settings.alerts)
             level = alerts.level(result.alerts)

@@ -66,8 +66,9 @@ class Org:
 
     @property
     def legacy_prefix(self) -> str:
-        """The prefix of the tenant's pre-ERP serials (PREFIX-YYYY-XXXXXX)."""
-        return self.serial_code[:3]
+        """The prefix of the tenant's pre-ERP serials (PREFIX-YYYY-XXXXXX): its whole serial
+        code, as a shorter cut (AT0 for AT003...AT099) would be shared between tenants."""
+        return self.serial_code
 
 
 def organizations(tenants: int) -> list[Org]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -55,12 +56,14 @@ def generate(
     reset: bool = False,
     out: Callable[[str], None] = print,
     profile: Profile = PROFILE,
+    progress_every: float = 5.0,
 ) -> int:
     """Fill core and every demo tenant database; 0 ok, 1 failed, 2 refused or bad arguments.
 
     `at` (naive UTC, default now truncated to the minute) anchors every
     timestamp: the same seed and `at` give the same rows.  Prints one line per
-    tenant with the rows written and one with the exact planted counts.
+    tenant with the rows written and one with the exact planted counts, and while
+    it runs long a progress line every `progress_every` seconds (none when fast).
     """
     if tenants < 1 or not scale > 0:
         out("demo-data: --tenants must be at least 1 and --scale greater than 0")
@@ -100,13 +103,19 @@ def generate(
         + f"; {orgs[-1].code} is inactive and gets no database"
     )
     registry_id, total, started = 1, 0, time.perf_counter()
+    progress = _Progress(out, len(active), progress_every)
     for index, (org, (rng, plan)) in enumerate(zip(active, plans, strict=True)):
         other = active[(index + 1) % len(active)] if len(active) > 1 else orgs[-1]
+        progress.tenant(index, org.code, total)
         try:
-            result = _tenant(demo, dbs, org, other, profile, rng, plan, graphs, registry_id)
+            result = _tenant(demo, dbs, org, other, profile, rng, plan, graphs, registry_id,
+                             progress.writers)
         except (SQLAlchemyError, WriterError) as exc:
+            progress.stop()
             out(f"demo-data: tenant {org.code}: FAILED: {_reason(exc)}")
             return 1
+        finally:
+            progress.writers.clear()
         registry_id += result.rows["serial_registry"]
         total += sum(result.rows.values())
         rows = " ".join(f"{name}={n}" for name, n in result.rows.items())
@@ -116,6 +125,7 @@ def generate(
         )
         planted = " ".join(f"{name}={n}" for name, n in result.planted.items())
         out(f"demo-data: tenant {org.code} planted: {planted}")
+    progress.stop()
     out(
         f"demo-data: done: {len(active)} tenant(s), {total:,} rows in "
         f"{time.perf_counter() - started:.1f} s"
@@ -133,12 +143,15 @@ def _tenant(
     plan: Plan,
     graphs: list[GraphSpec],
     registry_id: int,
+    writers: list[BulkWriter] | None = None,
 ) -> TenantRun:
     started = time.perf_counter()
     tz = settings.erp.tz
     tenant_engine, core_engine = dbs.tenant(org.code), dbs.core
     tw = BulkWriter(tenant_engine, TENANT_COLUMNS, profile.chunk_rows)
     cw = BulkWriter(core_engine, CORE_COLUMNS, profile.chunk_rows)
+    if writers is not None:
+        writers.extend((tw, cw))  # for the progress line
     collecting = gc.isenabled()
     gc.disable()  # millions of tuples, no cycles: the cycle collector would only slow us down
     try:
@@ -170,6 +183,33 @@ def _tenant(
             gc.enable()
     rows = {**tw.counts, **cw.counts}
     return TenantRun(org.code, rows, planted, time.perf_counter() - started)
+
+
+class _Progress:
+    """A line every `every` seconds while generation runs: tenants done, rows written."""
+
+    def __init__(self, out: Out, tenants: int, every: float) -> None:
+        self.out, self.tenants, self.every = out, tenants, every
+        self.started = time.perf_counter()
+        self.index, self.code, self.done_rows = 0, "", 0
+        self.writers: list[BulkWriter] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-progress", daemon=True)
+        self._thread.start()
+
+    def tenant(self, index: int, code: str, done_rows: int) -> None:
+        self.index, self.code, self.done_rows = index, code, done_rows
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            current = sum(n for w in list(self.writers) for n in list(w.counts.values()))
+            self.out(f"demo-data: progress: {self.index}/{self.tenants} tenants done, "
+                     f"{self.done_rows + current:,} rows written, now {self.code}, "
+                     f"{time.perf_counter() - self.started:.0f} s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # ---------------------------------------------------------------- safety and reset

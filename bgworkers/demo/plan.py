@@ -171,6 +171,7 @@ def make_plan(
         plan.flags.append(CANCELLED if old and rng.random() < 0.02 else 0)
         i += size
     _ensure_cancelled(plan)
+    _ensure_settled_hatthasilpa(plan, hat)
     _place_anomalies(plan)
     _place_outbox(plan)
     _event_windows(plan, profile, graphs)
@@ -190,6 +191,28 @@ def _ensure_cancelled(plan: Plan) -> None:
     if not old:
         raise PlanError("history too short for a cancelled ticket: raise scale or span_days")
     plan.flags[old[len(old) // 2]] = CANCELLED
+
+
+def _ensure_settled_hatthasilpa(plan: Plan, hat: list[GraphSpec]) -> None:
+    """Enough settled hatthasilpa tickets for the problem tickets and the outbox rows.
+
+    At a small scale a tenant has a dozen tickets, and some seeds leave too few of
+    them settled and not classic; with many tenants some tenant always meets such a
+    seed (one in ten at scale 0.2).  The newest settled classic tickets are then
+    made hatthasilpa ones.
+    """
+    c = plan.counts
+    groups = max(c[kind] for kind in (*PIECE_ANOMALIES, *EXTRA_TOKENS, "orphaned_stale"))
+    needed = groups + c["quarantine_resolved"]  # one resolved quarantine row per ticket
+    settled = [t for t in range(plan.tickets)
+               if not plan.flags[t] and plan.start[t] < plan.settle_from]
+    have = sum(1 for t in settled
+               if plan.kind[t] != CLASSIC and plan.size[t] >= PROBLEM_MIN_SIZE)
+    convert = [t for t in settled if plan.kind[t] == CLASSIC and plan.size[t] >= PROBLEM_MIN_SIZE]
+    for t in reversed(convert[len(convert) - max(0, needed - have):]):
+        spec = hat[t % len(hat)]
+        plan.kind[t], plan.graph[t] = HAT, spec.id
+        plan.sku[t] %= len(spec.skus)
 
 
 def _place_anomalies(plan: Plan) -> None:
@@ -236,7 +259,12 @@ def _place_outbox(plan: Plan) -> None:
     quarantined = plan.counts["quarantine_resolved"]
     for t in _spread(eligible, min(quarantined, len(eligible))):
         plan.quarantine.add(plan.first[t])
-    if len(plan.outbox) < len(roles) or not plan.quarantine:
+    for t in eligible:  # fewer tickets than rows (a small scale): more pieces of each
+        for s in range(plan.first[t] + 1, plan.first[t] + plan.size[t]):
+            if len(plan.quarantine) >= quarantined:
+                break
+            plan.quarantine.add(s)
+    if len(plan.outbox) < len(roles) or len(plan.quarantine) < quarantined:
         raise PlanError("too few settled tickets for the outbox rows: raise scale")
 
 

@@ -60,13 +60,13 @@ def extra_tokens(gen: TenantGenerator, c: Ticket, group: int) -> None:
             ttype, route = "component", c.route[:3]
             serial = sg.component_serial(c.clean_serial, group + 1)
         elif kind == "legacy_temp":
-            serial = sg.temp_serial(c.yyyymmdd, group)
+            serial = sg.temp_serial(gen.org.serial_code, c.yyyymmdd, group)
         elif kind == "legacy_year":
             serial = sg.legacy_serial(gen.org.legacy_prefix, when.year - 3, group)
         elif kind == "legacy_mo":
-            serial = sg.mo_serial(f"{when:%y%m}", c.id, group % 100)
+            serial = sg.mo_serial(gen.org.serial_code, f"{when:%y%m}", c.id, group % 100)
         if kind == "legacy_lot":  # a batch serial, registered with scope 'batch'
-            serial = sg.lot_serial(c.yyyymmdd, c.sku, group)
+            serial = sg.lot_serial(gen.org.serial_code, c.yyyymmdd, c.sku, group)
             tid, status = flow.batch(c.id, c.route[0], t0, t0 + DAY, FULL, serial, "active")
             signature = sg.signature(serial, c.reg_type)
             gen.register(c, serial, gen.org, tid, "active", signature, None, "batch")

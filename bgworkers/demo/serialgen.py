@@ -4,7 +4,10 @@ Standard serials follow bgworkers.serials.format_serial; this module computes
 the same text faster (the per-ticket prefix and its checksum share are
 computed once).  HASH4 is a bijection of the serial index on [0, 36^4), so the
 serials of one tenant are unique, and the TENANT prefix makes them unique
-across tenants.
+across tenants.  The exempt formats (TEMP-, MO-, LOT-, PREFIX-YYYY-) have no
+tenant part of their own; the demo puts the tenant's serial code in each, so
+they too differ between tenants (the registry's serial_code is unique over all
+tenants) and still match the exempt patterns.
 """
 
 from __future__ import annotations
@@ -99,23 +102,24 @@ def invalid_format(serial: str, variant: int) -> str:
     return serial.replace("-", "_")  # wrong separator
 
 
-def temp_serial(yyyymmdd: str, n: int) -> str:
-    return f"TEMP-{yyyymmdd}-{n:04d}"
+def temp_serial(tenant: str, yyyymmdd: str, n: int) -> str:
+    return f"TEMP-{tenant}-{yyyymmdd}-{n:04d}"
 
 
 def legacy_serial(prefix: str, year: int, n: int) -> str:
-    """Pre-ERP format PREFIX-YYYY-XXXXXX."""
+    """Pre-ERP format PREFIX-YYYY-XXXXXX (the prefix: the tenant's serial code)."""
     v = (n * 7919 + 12345) % 36**6
     digits = "".join(ALPHABET[(v // 36**p) % 36] for p in range(5, -1, -1))
     return f"{prefix}-{year}-{digits}"
 
 
-def mo_serial(yymm: str, order: int, n: int) -> str:
-    return f"MO-{yymm}-{order:05d}-{n:02d}"
+def mo_serial(tenant: str, yymm: str, order: int, n: int) -> str:
+    return f"MO-{tenant}-{yymm}-{order:05d}-{n:02d}"
 
 
-def lot_serial(yyyymmdd: str, sku: str, n: int) -> str:
-    return f"LOT-{yyyymmdd}-{sku}-{n:03d}"
+def lot_serial(tenant: str, yyyymmdd: str, sku: str, n: int) -> str:
+    """A batch serial; registered in core, so it must differ between tenants."""
+    return f"LOT-{tenant}-{yyyymmdd}-{sku}-{n:03d}"
 
 
 COMPONENT_PARTS = ("STRAP", "FLAP", "BODY", "LINING", "GUSSET")

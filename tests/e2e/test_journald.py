@@ -87,3 +87,60 @@ def test_journal_entries_are_found_by_job(tmp_path: Path) -> None:
 
         big = entries[run_id, "outbox_big"]  # larger than a datagram: passed as a memfd
         assert big["BLOB"] == "x" * 1_000_000
+
+
+DAEMON_EVENTS = """
+from bgworkers.logs import configure_logging, get_logger
+from bgworkers.settings import LoggingSettings
+
+configure_logging(LoggingSettings(format="journal"))
+log = get_logger("bgworkers.daemon")  # daemon-level events: no log_context around them
+log.warning("tick_missed", job="serial_outbox", tick="t", reason="late", tenants=2)
+log.error("tenant_refused", job="serial_outbox", tenant="bad-code", error="refused")
+log.warning("job_run_summary", job="serial_outbox", tenants=2, tenants_ok=2)
+log.info("catch_up", job="dashboard_fast", tenants=["DEFAULT", "maison_atelier"])
+log.info("reload_applied", add=["heartbeat"], remove=["serial_outbox"],
+         settings_changed=["logging"], jobs={"heartbeat": "x", "dashboard_fast": "y"})
+log.warning("shutdown_grace_exceeded", interrupted=["serial_outbox/maison_atelier"])
+log.info("history_pruned", rows=3)
+"""
+
+QUERIES = """
+set -eu
+"$PY" daemon_events.py
+journalctl --sync
+for match in JOB=serial_outbox TENANT=maison_atelier; do
+  echo "== $match"
+  journalctl --all --no-pager -o json SYSLOG_IDENTIFIER=bgworkers "$match"
+done
+"""
+
+
+@pytest.mark.root
+def test_daemon_events_are_found_by_job_and_tenant(tmp_path: Path) -> None:
+    """Events logged with job/tenant keys outside a run (or naming several) are found by
+    `journalctl JOB=` and `TENANT=`, each name a field of its own."""
+    require(os.geteuid() == 0, "needs root (mount namespace, journald)")
+    require(JOURNALD.is_file(), f"{JOURNALD} missing (apt-get install systemd)")
+    require(all(shutil.which(t) for t in ("unshare", "journalctl")), "needs unshare, journalctl")
+    (tmp_path / "daemon_events.py").write_text(DAEMON_EVENTS)
+    proc = subprocess.run([str(HARNESS), "bash", "-c", QUERIES], cwd=tmp_path,
+                          env={**os.environ, "PY": sys.executable}, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("== "):
+            match = found.setdefault(line[3:], {})
+        else:
+            entry = json.loads(line)
+            match[entry["EVENT"]] = entry
+    assert sorted(found["JOB=serial_outbox"]) == [
+        "job_run_summary", "reload_applied", "shutdown_grace_exceeded", "tenant_refused",
+        "tick_missed"]
+    assert sorted(found["TENANT=maison_atelier"]) == ["catch_up", "shutdown_grace_exceeded"]
+    reload = found["JOB=serial_outbox"]["reload_applied"]
+    assert sorted(reload["JOB"]) == ["dashboard_fast", "heartbeat", "serial_outbox"]
+    refused = found["JOB=serial_outbox"]["tenant_refused"]
+    assert (refused["TENANT"], refused["PRIORITY"]) == ("bad-code", "3")
+    assert found["TENANT=maison_atelier"]["catch_up"]["TENANT"] == ["DEFAULT", "maison_atelier"]

@@ -423,7 +423,53 @@ def test_refuses_without_reset_then_reset_starts_over(demo: Demo) -> None:
     assert dbadmin.check(demo.settings, demo.dbs, lambda _: None) == 0
 
 
+def test_progress_lines_while_generation_runs_long(db_urls: DbUrls, tmp_path: Path) -> None:
+    made = _demo(db_urls, tmp_path)
+    try:
+        assert made.run(tenants=3, progress_every=0.05) == 0
+        progress = [line for line in made.lines if line.startswith("demo-data: progress: ")]
+        assert progress, made.lines
+        assert re.fullmatch(r"demo-data: progress: [0-3]/3 tenants done, [\d,]+ rows written, "
+                            r"now \w+, \d+ s", progress[-1])
+        assert made.run(reset=True) == 0  # fast at the default interval: no progress line
+        assert not any("progress:" in line for line in made.lines)
+    finally:
+        made.dbs.dispose()
+
+
 def test_db_check_passes_after_generation(demo: Demo) -> None:
     lines: list[str] = []
     assert dbadmin.check(demo.settings, demo.dbs, lines.append) == 0, lines
     assert sum(line.endswith(": ok") for line in lines) == 3
+
+
+# ---------------------------------------------------------------- many tenants
+
+
+def test_sixty_tenants_each_get_their_data(db_urls: DbUrls, tmp_path: Path) -> None:
+    """Serials that carry no tenant prefix by design (LOT-, MO-, TEMP-, legacy) still differ
+    between tenants: the registry's unique serial_code must never collide."""
+    many = _demo(db_urls, tmp_path)
+    try:
+        assert many.run(tenants=60, scale=0.2) == 0, "\n".join(many.lines[-5:])
+        tenants, problems = discover(many.settings, many.dbs.core)
+        assert len(tenants) == 60 and not problems
+        reg = core.serial_registry
+        by_org = sa.select(reg.c.org_code, sa.func.count()).group_by(reg.c.org_code)
+        per_tenant = dict(_all(many.dbs.core, by_org))
+        reported = 0
+        for t in tenants:
+            rows = many.rows(t.code)
+            reported += rows["serial_registry"]
+            assert per_tenant.get(t.code, 0) > 0 and rows["serial_registry"] > 0, t.code
+            engine = many.dbs.tenant(t.code)
+            for table in (tenant.job_ticket_serial, tenant.flow_token, tenant.token_event):
+                assert _count(engine, table) == rows[table.name] > 0, (t.code, table.name)
+        assert _count(many.dbs.core, reg) == reported == sum(per_tenant.values())
+        exempt = _all(many.dbs.core, sa.select(reg.c.serial_code, reg.c.org_code).where(
+            reg.c.serial_code.like("LOT-%")))
+        assert len(exempt) >= 60
+        assert len({serial for serial, _ in exempt}) == len(exempt)
+        assert {code for _, code in exempt} == {t.code for t in tenants}
+    finally:
+        many.dbs.dispose()

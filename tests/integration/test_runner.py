@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -13,6 +17,9 @@ import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings, runs, tenant_setup
 from helpers import DbUrls
 
+from bgworkers.clock import FixedClock
+from bgworkers.daemon import Daemon
+from bgworkers.db import ensure_database
 from bgworkers.leases import Leases
 from bgworkers.runner import Runner
 from bgworkers.schema import own
@@ -121,6 +128,66 @@ def test_run_once_json_and_exit_status(db_urls: DbUrls, config: Path) -> None:
     failed = run_once(config, "--json")
     assert failed.returncode == 1
     assert json.loads(failed.stdout)["total"]["errors"] == 1
+
+
+def run_once_on_a_terminal(config: Path, columns: int = 80) -> str:
+    """run-once with stdout and stderr on a pseudo-terminal (logging format auto)."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "BGWORKERS_LOGGING__FORMAT": "auto"}
+    env.pop("JOURNAL_STREAM", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bgworkers", "run-once", "heartbeat",
+                             "--config", str(config)], stdin=subprocess.DEVNULL,
+                            stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    out = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(leader, 65536):
+            out += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 1
+    return re.sub(r"\x1b\[[0-9;]*m", "", out.decode()).replace("\r\n", "\n")
+
+
+def test_run_once_on_a_terminal_prints_each_counter_once_and_the_real_error(
+        db_urls: DbUrls, config: Path) -> None:
+    add_broken_tenant(db_urls, config)
+    text = run_once_on_a_terminal(config)
+    rows = text.splitlines()
+    logged = [row for row in rows if re.match(r"\d\d:\d\d:\d\d ", row)]
+    assert all(len(row) < 80 for row in logged), text  # no line wraps on 80 columns
+    assert logged and all(row.split()[1] in ("WARN", "ERROR") for row in logged), text
+    assert not any("job_tenant_result" in row or "job_run_summary" in row for row in rows)
+    assert text.count("checks=1") == 2  # once per ok tenant, in the summary only
+    [broken] = [row for row in rows if row.startswith("  broken ")]
+    why = ("unable to open database file" if db_urls.backend == "sqlite"
+           else "Unknown database")
+    assert "failed" in broken and why in broken, text
+    assert "Background on this error" not in text and "sqlalche.me" not in text
+    [run_failed] = [row for row in logged if "run_failed" in row]
+    assert "heartbeat/broken" in run_failed
+
+
+def test_status_line_time_stamps_the_last_error_and_clears_it_after_recovery(
+        db_urls: DbUrls, config: Path, tmp_path: Path) -> None:
+    add_broken_tenant(db_urls, config)
+    clock = FixedClock(TICK.replace(hour=17, minute=42, second=5))
+    daemon = Daemon(config, load_settings(config), clock)
+    try:
+        daemon.runner.tick("heartbeat", TICK)
+        assert "; last error 17:42:05 UTC: heartbeat/broken: OperationalError: " in (
+            daemon.status())
+        clock.at = TICK.replace(hour=18)
+        daemon.runner.tick("heartbeat", TICK.replace(hour=11))  # still broken: a newer error
+        assert "last error 18:00:00 UTC: heartbeat/broken" in daemon.status()
+        repaired = load_settings(heartbeat_settings(tmp_path / "repaired.toml", db_urls, extra=(
+            f"[tenants.urls]\nbroken = '{db_urls.tenant('repaired')}'\n")))
+        ensure_database(sa.make_url(db_urls.tenant("repaired")), repaired.database)
+        daemon.runner.update(repaired)
+        result = daemon.runner.tick("heartbeat", TICK.replace(hour=12), only="broken")
+        assert result.tenants["broken"].status == "ok", result.tenants["broken"].error
+        assert "last error" not in daemon.status()  # recovered: the error is over
+    finally:
+        daemon.runner.close()
 
 
 def test_a_dry_run_writes_no_history_and_no_lease(db_urls: DbUrls, config: Path) -> None:
