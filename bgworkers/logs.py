@@ -18,7 +18,8 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
@@ -117,6 +118,28 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
         return "console" if stream.isatty() else "json"
     except (OSError, ValueError):  # no real file descriptor (e.g. StringIO)
         return "json"
+
+
+@contextlib.contextmanager
+def still_running(log: FilteringBoundLogger, event: str, every: float = 5.0,
+                  **fields: Any) -> Iterator[None]:
+    """While the block runs, log `event` with the seconds elapsed every `every` seconds
+    (nothing when it ends sooner): a long step is never silent.  `log` must carry its
+    own context (job, tenant): the lines come from another thread."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def tell() -> None:
+        while not done.wait(every):
+            log.info(event, elapsed_s=int(time.monotonic() - started), **fields)
+
+    thread = threading.Thread(target=tell, name="still-running", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

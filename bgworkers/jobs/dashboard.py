@@ -45,6 +45,7 @@ from bgworkers.jobs import dashboard_now as now
 from bgworkers.jobs import dashboard_trends as trends
 from bgworkers.jobs.base import Counters, JobContext
 from bgworkers.jobs.dashboard_sql import Moment
+from bgworkers.logs import still_running
 from bgworkers.schema import needs, tenant
 from bgworkers.settings import DashboardTierSettings
 
@@ -173,7 +174,10 @@ def refresh(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> tuple
     ctx.check_lease()
     with _session(ctx.db) as conn:
         if spec.prepare is not None:
-            with conn.begin():
+            # the first cycle-time refresh records a week of visits: tens of seconds
+            log = ctx.log.bind(job=ctx.job, tenant=ctx.tenant.code)
+            with still_running(log, "dashboard_table_preparing", table=spec.table.name), \
+                    conn.begin():
                 spec.prepare(m, conn)
             ctx.check_lease()
         with conn.begin():

@@ -437,3 +437,25 @@ def test_console_is_one_line_per_event_and_can_be_quieted(
     assert rows[2].split()[1:3] == ["WARN", "alert_quarantine_spike"]
     stream = setup(fmt="json")
     assert not quiet_console()  # JSON and journal are never quieted
+
+
+def test_a_long_step_says_it_is_still_running_and_a_short_one_says_nothing() -> None:
+    import io
+    import time
+
+    from bgworkers.logs import configure_logging, get_logger, still_running
+    from bgworkers.settings import LoggingSettings
+
+    buf = io.StringIO()
+    configure_logging(LoggingSettings(format="json"), (), buf)
+    log = get_logger("test").bind(job="dashboard_medium", tenant="DEFAULT")
+    with still_running(log, "step_still_running", every=0.05, table="t"):
+        time.sleep(0.18)
+    with still_running(log, "quick_step", every=0.5):
+        pass
+    logs = [json.loads(line) for line in buf.getvalue().splitlines()]
+    lines = [e for e in logs if e["event"] == "step_still_running"]
+    assert 2 <= len(lines) <= 4, lines
+    assert {(e["job"], e["tenant"], e["table"]) for e in lines} == {
+        ("dashboard_medium", "DEFAULT", "t")}
+    assert not [e for e in logs if e["event"] == "quick_step"]
