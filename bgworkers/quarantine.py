@@ -66,8 +66,8 @@ def _when(at: datetime | None) -> str:
 
 def _shown(serial: str) -> str:
     """A serial as it can be printed: escaped (control characters, bad bytes), cut."""
-    text = serial.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
-        if not serial.isprintable() else serial
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in serial)
     return text if len(text) <= SERIAL_CHARS else text[:SERIAL_CHARS - 1] + "…"
 
 
@@ -122,7 +122,7 @@ def list_rows(settings: Settings, dbs: Databases, tenant_code: str | None, reaso
         doc["refused"][problem.code] = problem.error
         if not as_json:
             out(f"tenant {problem.code}: {problem.error}")
-    which = "rows" if include_resolved else "open rows"
+    which = "" if include_resolved else "open "
     for code in codes:
         try:
             rows, total = read(dbs.tenant(code), reason=reason,
@@ -137,7 +137,7 @@ def list_rows(settings: Settings, dbs: Databases, tenant_code: str | None, reaso
             doc["tenants"][code] = {"total": total, "rows": [r.as_json() for r in rows]}
             continue
         more = f" (the newest {len(rows)} shown)" if total > len(rows) else ""
-        out(f"tenant {code}: {total} {which}"
+        out(f"tenant {code}: {total} {which}row{'s' * (total != 1)}"
             f"{f' with reason {reason}' if reason else ''}{more}")
         if rows:
             for line in _table(rows, include_resolved):
