@@ -3,7 +3,8 @@
 Exit statuses: 0 ok, 1 a check found problems or a tenant failed, 2 bad
 usage, bad settings, or a command this build does not provide.  `status` is a
 monitoring check and uses the Nagios plugin codes instead: 0 OK, 1 WARNING,
-2 CRITICAL, 3 UNKNOWN (bad usage and bad settings included).
+2 CRITICAL, 3 UNKNOWN (bad usage and bad settings included).  `history` exits 3
+when the run history cannot be read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bgworkers import __version__
 from bgworkers.clock import SystemClock
@@ -102,21 +104,48 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from bgworkers import pauses
+
     settings = _settings(args)
     now = SystemClock().now()
-    rows = [("JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)")]
+    paused, unknown = _pauses(settings)
+    rows = [("JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)", "PAUSED")]
     for spec in REGISTRY:
         job = settings.jobs.get(spec.name)
         fire = next_fire(job, settings.scheduler, now) if job.enabled else None
         rows.append((spec.name, "yes" if job.enabled else "no", describe_trigger(job),
                      spec.lease_group,
-                     f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-"))
+                     f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-",
+                     pauses.describe_job(paused, spec.name) if unknown is None else "?"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+    if unknown is not None:
+        print(f"(PAUSED unknown: {unknown})")
     _reload_preview(settings)
     return 0
+
+
+def _pauses(settings: Settings) -> tuple[dict[tuple[str, str], Any], str | None]:
+    """The pauses for `jobs`, or why they are unknown; `jobs` itself never fails on them
+    (and never creates a SQLite file that is not there)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bgworkers import limits, pauses
+    from bgworkers.db import error_line, is_sqlite
+
+    dbs = Databases(settings)
+    try:
+        url = dbs.url(settings.database.coordination_url or settings.database.core_url)
+        if is_sqlite(url) and url.database and not Path(url.database).exists():
+            return {}, f"no database at {url.database}"
+        with limits.limited(pauses.READ_LIMIT):
+            return pauses.read(dbs.coordination), None
+    except (SQLAlchemyError, limits.RunTimedOut) as exc:
+        return {}, f"coordination database: {error_line(exc)}"
+    finally:
+        dbs.dispose()
 
 
 def _reload_preview(other: Settings) -> None:
@@ -170,6 +199,49 @@ def cmd_outbox_stats(args: argparse.Namespace) -> int:
     from bgworkers import outbox_admin
 
     return _with_databases(args, lambda s, d: outbox_admin.stats(s, d, args.tenant, print))
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from bgworkers import history_cli
+    from bgworkers.status import database_label
+
+    def work(settings: Settings, dbs: Databases) -> int:
+        label = database_label(dbs, settings.database.coordination_url or
+                               settings.database.core_url)
+        return history_cli.show(dbs.coordination, print,
+                                lambda text: print(text, file=sys.stderr),
+                                job=args.job, tenant=args.tenant, since=args.since,
+                                statuses=[s for group in args.status or [] for s in group],
+                                limit=args.limit, as_json=args.json, label=label)
+
+    return _with_databases(args, work)
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from bgworkers import quarantine
+
+    return _with_databases(args, lambda s, d: quarantine.list_rows(
+        s, d, args.tenant, args.reason, args.all, args.json, print, limit=args.limit))
+
+
+def cmd_quarantine_resolve(args: argparse.Namespace) -> int:
+    from bgworkers import quarantine
+
+    return _with_databases(args, lambda s, d: quarantine.resolve_rows(
+        s, d, args.tenant, args.id, print))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from bgworkers import pauses
+
+    return _with_databases(args, lambda s, d: pauses.pause(
+        s, d, args.job, args.tenant, args.reason, print))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from bgworkers import pauses
+
+    return _with_databases(args, lambda s, d: pauses.resume(s, d, args.job, args.tenant, print))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -292,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all-dead", action="store_true", help="every dead row of the tenant")
     p.add_argument("--dry-run", action="store_true", help="say what would be requeued")
 
+    _add_operator_commands(add)
+
     p = add("explain", cmd_explain,
             "everything known about one serial in core and the tenants, and what the serial "
             "check would conclude about it (reads only)")
@@ -310,6 +384,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true",
                    help="delete existing ERP rows in the configured databases first")
     return parser
+
+
+def _add_operator_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """history, quarantine list|resolve, pause, resume."""
+    from bgworkers import history_cli, quarantine
+
+    jobs = ", ".join(BY_NAME)
+    p = add("history", cmd_history,
+            "run history, newest first: tick, start (UTC), duration, outcome, host, counters, "
+            "the error's first line; exit 3 when it cannot be read")
+    p.add_argument("job", nargs="?", choices=sorted(BY_NAME), metavar="JOB",
+                   help=f"only this job, one of: {jobs}")
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant (exact code)")
+    p.add_argument("--since", metavar="TIME",
+                   type=history_cli.since_type(lambda: SystemClock().now()),
+                   help="runs started at or after TIME: ISO (UTC unless an offset is given) "
+                        "or a duration ago: 30m, 2h, 1d, 1w")
+    p.add_argument("--status", metavar="S", action="append",
+                   type=history_cli.statuses_type,
+                   help=f"only these outcomes (repeat or comma-separate): "
+                        f"{', '.join(history_cli.STATUSES)}")
+    p.add_argument("--limit", metavar="N", type=history_cli.limit_type,
+                   default=history_cli.DEFAULT_LIMIT,
+                   help=f"at most N runs (default {history_cli.DEFAULT_LIMIT}, "
+                        f"at most {history_cli.MAX_LIMIT})")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object: runs (times ISO 8601 with offset), limit, more")
+
+    p = add("quarantine", lambda a: 2, "quarantined serials per tenant: list, resolve")
+    actions = p.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    p = add("list", cmd_quarantine_list,
+            "open quarantine rows per tenant, newest first (reads only)", actions)
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant (default: every active one)")
+    p.add_argument("--reason", metavar="R", choices=quarantine.REASONS,
+                   help=f"only this reason, one of: {', '.join(quarantine.REASONS)}")
+    p.add_argument("--all", action="store_true", help="resolved rows too")
+    p.add_argument("--limit", metavar="N", type=history_cli.limit_type,
+                   default=quarantine.DEFAULT_LIMIT,
+                   help=f"at most N rows per tenant (default {quarantine.DEFAULT_LIMIT})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = add("resolve", cmd_quarantine_resolve,
+            "mark quarantine rows resolved (sets resolved_at on rows still open)", actions)
+    p.add_argument("--tenant", metavar="CODE", required=True, help="the tenant")
+    p.add_argument("id", metavar="ID", type=_positive_int, nargs="+",
+                   help="serial_quarantine ids")
+
+    p = add("pause", cmd_pause,
+            "pause a job for one tenant or all: every replica skips it (history: skipped) "
+            "until `resume`")
+    p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB", help=f"one of: {jobs}")
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant (default: all tenants)")
+    p.add_argument("--reason", metavar="TEXT", help="why (shown in history, status and jobs)")
+    p = add("resume", cmd_resume,
+            "lift a pause; without --tenant every pause of the job")
+    p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB", help=f"one of: {jobs}")
+    p.add_argument("--tenant", metavar="CODE", help="only this tenant's pause")
 
 
 def _command(argv: list[str]) -> str | None:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from structlog.typing import FilteringBoundLogger
 
-from bgworkers import alerts, history, limits
+from bgworkers import alerts, history, limits, pauses
 from bgworkers.clock import Clock, SystemClock
 from bgworkers.db import error_line
 from bgworkers.history import FAILING, RunStatus
@@ -258,8 +258,13 @@ class Runner:
         for problem in problems:
             result.tenants[problem.code] = TenantResult(RunStatus.FAILED, {}, problem.error)
             log.error("tenant_refused", job=job, tenant=problem.code, error=problem.error)
+        paused = {} if dry_run else pauses.for_tick(dbs.coordination, job)
         futures: dict[str, Future[TenantResult]] = {}
         for tenant in tenants:
+            if (pause := pauses.find(paused, job, tenant.code)) is not None:
+                result.tenants[tenant.code] = self._tenant_paused(job, tenant.code, tick_at,
+                                                                  pause, dbs)
+                continue
             future = self._submit(spec, tenant, tick_at, dry_run, settings, dbs)
             if future is None:
                 result.tenants[tenant.code] = self._tenant_missed(job, tenant.code, tick_at,
@@ -515,6 +520,24 @@ class Runner:
             self._tenant_missed(job, code, tick_at, reason)
         log.warning("tick_missed", job=job, tick=tick_at.isoformat(), reason=reason,
                     tenants=len(codes))
+
+    def _tenant_paused(self, job: str, tenant: str, tick_at: datetime, pause: pauses.Pause,
+                       dbs: Databases) -> TenantResult:
+        """Not run: paused by an operator.  Its tick gets a `skipped` row saying so."""
+        write = functools.partial(
+            pauses.record_paused, job=job, tenant=tenant,
+            tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
+            host=self.host, pid=self.pid, pause=pause)
+        try:
+            with limits.limited(BOOKKEEPING_LIMIT):
+                if not write(dbs.coordination):
+                    return TenantResult(CLAIMED)
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
+            log.warning("history_write_deferred", job=job, tenant=tenant, error=_short(exc))
+            self._defer(f"paused {job}/{tenant}", write)
+        log.info("tenant_paused", job=job, tenant=tenant, tick=tick_at.isoformat(),
+                 reason=pause.describe())
+        return TenantResult(RunStatus.SKIPPED, error=pause.describe())
 
     def _tenant_missed(self, job: str, tenant: str, tick_at: datetime,
                        reason: str) -> TenantResult:

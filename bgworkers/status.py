@@ -9,6 +9,10 @@ Per enabled job and tenant (served or refused) a state:
   or a run has been `running` for longer than the job's run limit plus the lease
   TTL (a run nobody is finishing).
 - OK (0) otherwise.
+- PAUSED (counts as OK, 0): the pair is paused (`bgworkers pause`); its reasons
+  say by whom, since when and why, then whatever it would be reported for
+  otherwise (its paused ticks are `skipped` runs, so it becomes "late").  A
+  refused tenant stays CRITICAL even when paused.
 
 `interrupted`, `skipped` and `missed` runs never decide a state by themselves:
 the state comes from the latest ok-or-FAILING run, and a job that only skips or
@@ -18,7 +22,8 @@ an unknown tenant, a disabled job, nothing to check.
 
 Reads a few indexed queries of run history whatever its size: per status, the
 newest id of each (job, tenant) (index (job, tenant, status), which ends with
-the primary key), then those rows by primary key.
+the primary key), then those rows by primary key; and the pauses (`bgw_pause`,
+a row per paused job and tenant).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
+from bgworkers import pauses
 from bgworkers.db import error_line
 from bgworkers.history import FAILING, RunStatus
 from bgworkers.scheduler import make_trigger, plans
@@ -41,7 +47,8 @@ from bgworkers.settings import JobSettings, Settings
 from bgworkers.tenancy import Databases, TenantError, discover, resolve
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
-EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
+PAUSED = "PAUSED"  # a pair state only: counts as OK
+EXIT_CODES = {OK: 0, PAUSED: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 #: Runs whose outcome decides OK or CRITICAL: they did their work, or did not.
 DECISIVE = frozenset({RunStatus.OK, *FAILING})
 #: Runs that held the lease and ended: a `running` row older than the newest of
@@ -90,6 +97,7 @@ class Pair:
     late_after: timedelta
     stuck: Run | None = None  # a run left `running` beyond its limit plus the lease TTL
     refused: str | None = None  # why discovery refuses the tenant
+    paused: pauses.Pause | None = None  # the operator's pause that stops it
 
     def as_json(self) -> dict[str, Any]:
         return {"job": self.job, "tenant": self.tenant, "state": self.state,
@@ -100,7 +108,8 @@ class Pair:
                 "next_tick": iso(self.next_tick),
                 "late_after_s": self.late_after.total_seconds(),
                 "stuck_run": self.stuck.as_json() if self.stuck else None,
-                "refused": self.refused}
+                "refused": self.refused,
+                "paused": self.paused.as_json() if self.paused else None}
 
 
 @dataclass
@@ -113,7 +122,8 @@ class Check:
     def verdict(self) -> str:
         if self.error is not None:
             return UNKNOWN
-        return max((p.state for p in self.pairs), key=EXIT_CODES.__getitem__, default=OK)
+        states = (p.state for p in self.pairs if p.state != PAUSED)
+        return max(states, key=EXIT_CODES.__getitem__, default=OK)
 
     @property
     def exit_code(self) -> int:
@@ -121,12 +131,13 @@ class Check:
 
     def counts(self) -> dict[str, int]:
         return {state.lower(): sum(p.state == state for p in self.pairs)
-                for state in (CRITICAL, WARNING, OK)}
+                for state in (CRITICAL, WARNING, OK, PAUSED)}
 
     def summary(self) -> str:
         if self.error is not None:
             return f"BGWORKERS UNKNOWN - {self.error.strip().splitlines()[0]}"
-        counts = ", ".join(f"{n} {state}" for state, n in self.counts().items())
+        counts = ", ".join(f"{n} {state}" for state, n in self.counts().items()
+                           if n or state != PAUSED.lower())
         n = len(self.pairs)
         return f"BGWORKERS {self.verdict} - {counts} ({n} job/tenant pair{'s' * (n != 1)})"
 
@@ -218,6 +229,11 @@ def check(settings: Settings, dbs: Databases, now: datetime, job: str | None = N
         which = "coordination" if settings.database.coordination_url else "core"
         raise CheckError(f"{which} database {database_label(dbs, coordination_url)} "
                          f"unreachable (run history): {error_line(exc)}") from None
+    try:
+        paused = pauses.read(dbs.coordination, job)
+    except SQLAlchemyError as exc:
+        raise CheckError(f"pauses (bgw_pause) unreadable, has `bgworkers db upgrade` run? "
+                         f"{error_line(exc)}") from None
     pairs = []
     for name in enabled:
         job_settings = settings.jobs.get(name)
@@ -228,7 +244,8 @@ def check(settings: Settings, dbs: Databases, now: datetime, job: str | None = N
         for _, code, refusal in tenants:
             pairs.append(_pair(name, code, refusal, newest.get((name, code), {}), rows, now,
                                late_after, stuck_after,
-                               fire.astimezone(UTC) if fire is not None else None))
+                               fire.astimezone(UTC) if fire is not None else None,
+                               pauses.find(paused, name, code)))
     pairs.sort(key=lambda p: -EXIT_CODES[p.state])  # stable: job, then tenant id order
     return Check(now, pairs)
 
@@ -276,7 +293,7 @@ def _newest(ids: dict[str, int], statuses: Iterable[str]) -> int | None:
 
 def _pair(job: str, tenant: str, refusal: str | None, ids: dict[str, int],
           rows: dict[int, Run], now: datetime, late_after: timedelta, stuck_after: timedelta,
-          next_tick: datetime | None) -> Pair:
+          next_tick: datetime | None, paused: pauses.Pause | None = None) -> Pair:
     def row(i: int | None) -> Run | None:
         return rows.get(i) if i is not None else None
 
@@ -309,8 +326,12 @@ def _pair(job: str, tenant: str, refusal: str | None, ids: dict[str, int],
                        f"({age(now - stuck.started_at)}), beyond its limit and the lease TTL "
                        f"({age(stuck_after)}): is anyone still running it?")
     state = CRITICAL if critical else WARNING if warning else OK
-    return Pair(job, tenant, state, critical + warning, row(_newest(ids, ENDED)), success_at,
-                last_failure, next_tick, late_after, stuck, refusal)
+    reasons = critical + warning
+    if paused is not None and refusal is None:
+        state = PAUSED
+        reasons = [paused.describe(), *(f"while paused: {r}" for r in reasons)]
+    return Pair(job, tenant, state, reasons, row(_newest(ids, ENDED)), success_at,
+                last_failure, next_tick, late_after, stuck, refusal, paused)
 
 
 # ------------------------------------------------------------------ output

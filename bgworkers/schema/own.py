@@ -1,4 +1,5 @@
-"""The project's own tables: run history and leases (coordination DB = core DB by default)."""
+"""The project's own tables: run history, leases and pauses (coordination DB = core DB by
+default)."""
 
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
@@ -27,6 +28,9 @@ run = Table(
     UniqueConstraint("job", "tenant", "tick_at", name="uq_bgw_run_tick"),
     Index("ix_bgw_run_started", "started_at"),
     Index("ix_bgw_run_job_tenant_status", "job", "tenant", "status"),
+    # `bgworkers history JOB` / `--tenant CODE`: newest first without a sort
+    Index("ix_bgw_run_job_started", "job", "started_at"),
+    Index("ix_bgw_run_tenant_started", "tenant", "started_at"),
 )
 
 #: A (lease group, tenant) is held by at most one run; expires_at uses the DB clock.
@@ -40,3 +44,17 @@ lease = Table(
     Column("acquired_at", PreciseDateTime, nullable=False),
     Column("expires_at", PreciseDateTime, nullable=False),
 )
+
+#: A job paused by an operator (`bgworkers pause`), for one tenant or for all
+#: (tenant ALL_TENANTS); every replica reads it before running a tick.  UTC.
+pause = Table(
+    "bgw_pause",
+    metadata,
+    Column("job", String(64), primary_key=True),
+    Column("tenant", String(50), primary_key=True),
+    Column("paused_at", PreciseDateTime, nullable=False),
+    Column("paused_by", String(255), nullable=False),
+    Column("reason", String(500)),
+)
+#: `bgw_pause.tenant` of a pause for every tenant (no tenant code can be "*").
+ALL_TENANTS = "*"

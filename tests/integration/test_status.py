@@ -99,7 +99,7 @@ def test_ok_after_ok_runs(db_urls: DbUrls, tmp_path: Path) -> None:
 
     code, doc = status_json(config)
     assert code == 0 and doc["verdict"] == "OK" and doc["exit_code"] == 0
-    assert doc["counts"] == {"critical": 0, "warning": 0, "ok": 2}
+    assert doc["counts"] == {"critical": 0, "warning": 0, "ok": 2, "paused": 0}
     pair = by_tenant(doc)["alpha"]
     assert pair["last_run"]["outcome"] == "ok" and pair["last_run"]["duration_s"] == 2.0
     assert pair["last_run"]["counters"] == {"checks": 1}

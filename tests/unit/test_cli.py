@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["status"], ["explain"], ["check-config"],
             ["outbox"], ["outbox", "stats"], ["outbox", "requeue"], ["db"], ["db", "init"],
-            ["db", "upgrade"], ["db", "check"], ["demo-data"]]
+            ["db", "upgrade"], ["db", "check"], ["demo-data"], ["history"], ["quarantine"],
+            ["quarantine", "list"], ["quarantine", "resolve"], ["pause"], ["resume"]]
 
 
 def bgworkers(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -36,8 +37,9 @@ def test_jobs_lists_every_job_with_trigger_and_lease_group() -> None:
     result = bgworkers("jobs", "--config", str(ROOT / "settings.toml"))
     assert result.returncode == 0, result.stderr
     rows = table(result.stdout)
-    assert rows[0] == ["JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)"]
-    assert [(r[0], r[2], r[3]) for r in rows[1:]] == [
+    assert rows[0] == ["JOB", "ENABLED", "TRIGGER", "LEASE GROUP", "NEXT RUN (UTC)", "PAUSED"]
+    jobs = rows[1:7]
+    assert [(r[0], r[2], r[3]) for r in jobs] == [
         ("serial_consistency", "every 1h", "serials"),
         ("serial_outbox", "every 5m", "serials"),
         ("dashboard_fast", "every 1m", "dashboard_fast"),
@@ -45,7 +47,11 @@ def test_jobs_lists_every_job_with_trigger_and_lease_group() -> None:
         ("dashboard_slow", "every 15m", "dashboard_slow"),
         ("heartbeat", "every 1m", "heartbeat"),
     ]
-    assert rows[-1][1] == "no" and rows[-1][4] == "-"  # heartbeat is off by default
+    assert jobs[-1][1] == "no" and jobs[-1][4] == "-"  # heartbeat is off by default
+    # pauses live in the coordination database; none here (no demo data in a clean tree)
+    assert all(r[5] in ("-", "?") for r in jobs)
+    if jobs[0][5] == "?":
+        assert rows[7][0].startswith("(PAUSED unknown: ")
 
 
 def test_jobs_with_other_config_previews_the_reload(tmp_path: Path) -> None:
