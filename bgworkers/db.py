@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, create_engine, event, literal_column, text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.pool import PoolProxiedConnection
 
 from bgworkers import limits
 from bgworkers.schema.types import PreciseDateTime
@@ -25,13 +27,16 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None = None) -> Engine:
-    """One engine per database: timeouts from settings, run limits on every checkout.
+def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None = None,
+                max_overflow: int | None = None) -> Engine:
+    """An engine with its own pool: timeouts from settings, run limits on every checkout.
 
     The checkout hook of `limits` also checks that a pooled connection is alive.
     `io_timeout`: the client's read/write timeout in seconds (MySQL), a last
     resort against a server that stops answering; None for commands whose
-    statements may rightly run long (db upgrade, demo-data).
+    statements may rightly run long (db upgrade, demo-data).  `max_overflow`:
+    instead of the setting (a pool shared by every database of a server).
+    A MySQL URL without a database gives a server pool for `DatabaseEngine`s.
     """
     if is_sqlite(url):
         engine = create_engine(
@@ -45,13 +50,86 @@ def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None =
         engine = create_engine(
             url,
             pool_size=settings.pool_size,
-            max_overflow=settings.max_overflow,
+            max_overflow=settings.max_overflow if max_overflow is None else max_overflow,
             pool_recycle=int(settings.pool_recycle.total_seconds()),
             pool_timeout=settings.pool_timeout.total_seconds(),
             connect_args=connect_args,
         )
     limits.install(engine)
     return engine
+
+
+def server_url(url: URL) -> URL | None:
+    """The server a MySQL/MariaDB database URL is on (same driver, host, port, user,
+    password, query: one pool serves them all); None for SQLite or a URL without
+    a database, which get engines of their own."""
+    if is_sqlite(url) or not url.database:
+        return None
+    return url.set(database=None)
+
+
+#: Key of a pooled connection's `info`: the database it is switched to.
+_CURRENT_DATABASE = "bgw_database"
+
+
+class DatabaseEngine(Engine):
+    """One database of a server, on the server's shared pool.
+
+    Every checkout is switched to this engine's database (`select_db`, one
+    round trip, only when the connection was last used for another one), so a
+    daemon holds as many connections per server as it runs statements at once,
+    whatever the number of tenant databases.  `url` is the database's own URL
+    (code reading `engine.url.database` gets it); the dialect is the server
+    engine's, copied once it has met the server, with this database as its
+    default schema (reflection, Alembic's version table).  `dispose()` leaves
+    the shared pool alone: the server engine owns it.
+    """
+
+    def __init__(self, server: Engine, url: URL) -> None:
+        super().__init__(server.pool, server.dialect, url,
+                         hide_parameters=server.hide_parameters)
+        self._server = server
+        self._database = str(url.database)
+        self._own_dialect: Dialect | None = None
+        limits.install_statement_check(self)
+
+    @property
+    def dialect(self) -> Dialect:
+        own = self._own_dialect
+        if own is None:
+            own = self._copy_dialect()
+        return own
+
+    @dialect.setter
+    def dialect(self, _value: Dialect) -> None:
+        """Engine.__init__ sets it; the server's is read from `_server`."""
+
+    def _copy_dialect(self) -> Dialect:
+        server = self._server.dialect
+        if getattr(server, "server_version_info", None) is None:
+            try:  # the pool's first connection initializes the server's dialect
+                self.pool.connect().close()
+            except Exception:  # the connection attempt that follows reports it
+                return server
+        own = copy.copy(server)
+        own.default_schema_name = self._database
+        self._own_dialect = own
+        return own
+
+    def raw_connection(self) -> PoolProxiedConnection:
+        conn = self.pool.connect()
+        if conn.info.get(_CURRENT_DATABASE) != self._database:
+            conn.info.pop(_CURRENT_DATABASE, None)
+            try:
+                conn.dbapi_connection.select_db(self._database)  # type: ignore[union-attr]
+            except BaseException:
+                conn.close()
+                raise
+            conn.info[_CURRENT_DATABASE] = self._database
+        return conn
+
+    def dispose(self, close: bool = True) -> None:
+        """Nothing: the pool is the server's (`Databases.dispose` closes it)."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -123,10 +123,17 @@ def cut_all() -> None:
 
 
 def install(engine: Engine) -> None:
-    """Apply limits to every connection of `engine` (call once, when it is made)."""
+    """Apply limits to every connection of `engine` (call once per pool, when it is
+    made: the connect, checkout and checkin hooks belong to its dialect and pool)."""
     event.listen(engine, "do_connect", _on_connect)
     event.listen(engine, "checkout", _on_checkout)
     event.listen(engine, "checkin", _on_checkin)
+    install_statement_check(engine)
+
+
+def install_statement_check(engine: Engine) -> None:
+    """The check before every statement, for an engine on a pool that has the others
+    (`db.DatabaseEngine`: one database of a shared server pool)."""
     event.listen(engine, "before_cursor_execute", _before_execute)
 
 

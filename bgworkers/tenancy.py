@@ -1,4 +1,5 @@
-"""Tenants from core `organization`, and one lazily created engine per database.
+"""Tenants from core `organization`, and one lazily created engine per database
+(the databases of one server sharing one pool).
 
 A tenant's identity is checked once, here, and used everywhere: `discover`
 lists the tenants the daemon serves and refuses those that cannot be served
@@ -9,6 +10,7 @@ by its exact code, among those same tenants.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from bgworkers.db import make_engine
+from bgworkers.db import DatabaseEngine, is_sqlite, make_engine, server_url
 from bgworkers.logs import get_logger
 from bgworkers.schema import core
 from bgworkers.settings import TENANT_CODE_RE, Settings
@@ -258,22 +260,56 @@ def _warn_case_mismatches(settings: Settings, active: Sequence[_Org], core_label
 
 
 class Databases:
-    """Engines by URL: created on first use, shared by threads, disposed together."""
+    """Engines by URL: created on first use, shared by threads, disposed together.
+
+    Connections are bounded by work, not by tenants: the MySQL/MariaDB databases
+    of one server (same driver, host, port, user, password, query) share one
+    pool, each database an engine over it (`db.DatabaseEngine`) whose checkouts
+    switch to its database.  The pool keeps `pool_size` idle connections and
+    opens at most `server_connections` in all, enough for every worker to hold
+    two at once.  SQLite files (no server limit) keep an engine each, but only
+    the `sqlite_warm` most recently used keep their idle connection open, so a
+    thousand tenant files do not hold three thousand file handles.
+    """
 
     def __init__(self, settings: Settings, io_timeout: float | None = None) -> None:
         self.settings = settings
         self.io_timeout = io_timeout  # client read/write timeout of MySQL connections
         self._engines: dict[str, Engine] = {}
+        self._servers: dict[str, Engine] = {}
+        self._sqlite: OrderedDict[str, Engine] = OrderedDict()  # most recently used last
+        workers = settings.scheduler.max_workers
+        self.server_connections = max(
+            settings.database.pool_size + settings.database.max_overflow, 2 * (workers + 2))
+        self.sqlite_warm = 2 * workers + 4
         self._lock = threading.Lock()
 
     def engine(self, raw_url: str) -> Engine:
         with self._lock:
             engine = self._engines.get(raw_url)
             if engine is None:
-                engine = make_engine(self.url(raw_url), self.settings.database,
-                                     self.io_timeout)
+                engine = self._make(self.url(raw_url))
                 self._engines[raw_url] = engine
+            if is_sqlite(engine.url):
+                self._sqlite[raw_url] = engine
+                self._sqlite.move_to_end(raw_url)
+                if len(self._sqlite) > self.sqlite_warm:
+                    _, cold = self._sqlite.popitem(last=False)
+                    cold.pool.dispose()  # closes its idle connection; it reopens on use
             return engine
+
+    def _make(self, url: URL) -> Engine:
+        server = server_url(url)
+        if server is None:
+            return make_engine(url, self.settings.database, self.io_timeout)
+        key = server.render_as_string(hide_password=False)
+        pool = self._servers.get(key)
+        if pool is None:
+            database = self.settings.database
+            pool = make_engine(server, database, self.io_timeout, max_overflow=max(
+                0, self.server_connections - database.pool_size))
+            self._servers[key] = pool
+        return DatabaseEngine(pool, url)
 
     def url(self, raw_url: str) -> URL:
         return self.settings.database.url(raw_url)
@@ -292,6 +328,8 @@ class Databases:
 
     def dispose(self) -> None:
         with self._lock:
-            for engine in self._engines.values():
-                engine.dispose()
+            for engine in [*self._engines.values(), *self._servers.values()]:
+                engine.dispose()  # a DatabaseEngine leaves its server's pool alone
             self._engines.clear()
+            self._servers.clear()
+            self._sqlite.clear()
