@@ -65,7 +65,7 @@ def server_url(url: URL) -> URL | None:
     a database, which get engines of their own."""
     if is_sqlite(url) or not url.database:
         return None
-    return url.set(database=None)
+    return url._replace(database=None)  # set(database=None) would leave it
 
 
 #: Key of a pooled connection's `info`: the database it is switched to.
