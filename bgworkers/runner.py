@@ -482,6 +482,18 @@ class Runner:
             log.warning("history_write_deferred", run_id=run_id, error=_short(exc))
             self._defer(f"finish {run_id}", write)
 
+    def _write_or_defer(self, what: str, write: Callable[[Engine], object], engine: Engine,
+                        **where: str) -> object:
+        """Write a history row now; when the database does not answer, keep the write for
+        `flush_history` (and return None)."""
+        try:
+            with limits.limited(BOOKKEEPING_LIMIT):
+                return write(engine)
+        except (SQLAlchemyError, limits.RunTimedOut) as exc:
+            log.warning("history_write_deferred", **where, error=_short(exc))
+            self._defer(what, write)
+            return None
+
     def _defer(self, what: str, write: Callable[[Engine], object]) -> None:
         with self._lock:
             self._unwritten.append((what, write))
@@ -528,13 +540,9 @@ class Runner:
             pauses.record_paused, job=job, tenant=tenant,
             tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
             host=self.host, pid=self.pid, pause=pause)
-        try:
-            with limits.limited(BOOKKEEPING_LIMIT):
-                if not write(dbs.coordination):
-                    return TenantResult(CLAIMED)
-        except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            log.warning("history_write_deferred", job=job, tenant=tenant, error=_short(exc))
-            self._defer(f"paused {job}/{tenant}", write)
+        if self._write_or_defer(f"paused {job}/{tenant}", write, dbs.coordination,
+                                job=job, tenant=tenant) is False:
+            return TenantResult(CLAIMED)
         log.info("tenant_paused", job=job, tenant=tenant, tick=tick_at.isoformat(),
                  reason=pause.describe())
         return TenantResult(RunStatus.SKIPPED, error=pause.describe())
@@ -546,12 +554,8 @@ class Runner:
             history.record_missed, job=job, tenant=tenant,
             tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
             host=self.host, pid=self.pid, reason=reason)
-        try:
-            with limits.limited(BOOKKEEPING_LIMIT):
-                write(self.dbs.coordination)
-        except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            log.warning("history_write_deferred", job=job, tenant=tenant, error=_short(exc))
-            self._defer(f"missed {job}/{tenant}", write)
+        self._write_or_defer(f"missed {job}/{tenant}", write, self.dbs.coordination,
+                             job=job, tenant=tenant)
         log.warning("tenant_tick_missed", job=job, tenant=tenant, tick=tick_at.isoformat(),
                     reason=reason)
         result = TenantResult(MISSED, error=reason)
