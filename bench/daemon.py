@@ -71,7 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle-seconds", type=float, default=60)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bgw-bench-daemon-"))
+    with tempfile.TemporaryDirectory(prefix="bgw-bench-daemon-") as tmp:  # removed at the end
+        measure(Path(tmp), args.idle_seconds)
+
+
+def measure(work: Path, idle_seconds: float) -> None:
     config = settings_file(work)
     subprocess.run([*BGWORKERS, "demo-data", "--config", str(config), "--reset"], check=True,
                    capture_output=True)
@@ -94,7 +98,7 @@ def main() -> None:
         time.sleep(2)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         peak = 0.0
-        while time.monotonic() - t0 < args.idle_seconds:
+        while time.monotonic() - t0 < idle_seconds:
             time.sleep(1)
             peak = max(peak, rss_mib(proc.pid))
         cpu = cpu_seconds(proc.pid) - cpu0

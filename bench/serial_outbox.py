@@ -10,14 +10,18 @@ rows): a lower floor, printed for information.  The cases run interleaved,
 REPEAT rounds on the same rows, reset (and left to settle) between cases; each
 figure is the best round (noise only adds time), the median beside it.
 
-    .venv/bin/python bench/serial_outbox.py            # starts a throwaway MariaDB
-    BGWORKERS_TEST_MARIADB_URL=mysql+mysqldb://root@127.0.0.1:3306 .venv/bin/python bench/...
+    .venv/bin/python bench/serial_outbox.py [--url mysql+mysqldb://root@127.0.0.1:PORT]
+                                            [--rows 10000] [--repeat 15]
+
+Without --url (or BGWORKERS_TEST_MARIADB_URL) a throwaway MariaDB is started
+(tests/harness/mariadb.sh) and removed afterwards.
 
 Exit status 1 when a target is missed.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -52,8 +56,8 @@ REG, OUT = core.serial_registry, tenant.serial_link_outbox
 
 
 @contextmanager
-def mariadb() -> Iterator[str]:
-    configured = os.environ.get("BGWORKERS_TEST_MARIADB_URL", "").strip()
+def mariadb(url: str | None) -> Iterator[str]:
+    configured = url or os.environ.get("BGWORKERS_TEST_MARIADB_URL", "").strip()
     if configured:
         yield configured
         return
@@ -217,7 +221,14 @@ def measure(cases: dict[str, Callable[[], None]], dbs: Databases) -> dict[str, l
 
 
 def main() -> int:
-    with mariadb() as server:
+    global ROWS, REPEAT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="MariaDB server URL without a database")
+    parser.add_argument("--rows", type=int, default=ROWS, help=f"due outbox rows ({ROWS})")
+    parser.add_argument("--repeat", type=int, default=REPEAT, help=f"rounds ({REPEAT})")
+    args = parser.parse_args()
+    ROWS, REPEAT = args.rows, args.repeat
+    with mariadb(args.url) as server:
         settings, dbs, serials = setup(server)
         try:
             times = measure(
