@@ -90,10 +90,6 @@ class Limit:
 _current: ContextVar[Limit | None] = ContextVar("bgworkers_limit", default=None)
 
 
-def current() -> Limit | None:
-    return _current.get()
-
-
 @contextmanager
 def limited(seconds: float) -> Iterator[Limit]:
     """Run the block under a limit of `seconds` (nested blocks get their own)."""
