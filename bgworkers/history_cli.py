@@ -25,7 +25,7 @@ from bgworkers import limits
 from bgworkers.db import error_line
 from bgworkers.history import RunStatus
 from bgworkers.schema.own import run
-from bgworkers.status import aware, headline, iso
+from bgworkers.status import aware, duration_s, headline, iso
 
 Out = Callable[[str], None]
 DEFAULT_LIMIT = 50
@@ -101,9 +101,7 @@ class Row:
 
     @property
     def duration_s(self) -> float | None:
-        if self.ended_at is None:
-            return None
-        return round((self.ended_at - self.started_at).total_seconds(), 3)
+        return duration_s(self.started_at, self.ended_at)
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "job": self.job, "tenant": self.tenant,

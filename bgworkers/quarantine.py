@@ -163,16 +163,10 @@ def _table(rows: Sequence[Row], include_resolved: bool) -> list[str]:
 def resolve_rows(settings: Settings, dbs: Databases, tenant_code: str, ids: Sequence[int],
                  out: Out, clock: Clock | None = None) -> int:
     """Set resolved_at on the named open rows; name those already resolved or missing."""
-    try:
-        with limits.limited(STATEMENT_LIMIT):
-            tenant = resolve(settings, dbs.core, tenant_code)
-    except TenantError as exc:
-        out(str(exc))
-        return 2
-    except (SQLAlchemyError, limits.RunTimedOut) as exc:
-        out(f"core: FAILED: {error_line(exc)}")
-        return 1
-    code = tenant.code
+    named = _tenants(settings, dbs, tenant_code, out)
+    if isinstance(named, int):
+        return named
+    code = named[0][0]
     now = (clock or SystemClock()).now().astimezone(UTC).replace(tzinfo=None, microsecond=0)
     wanted = sorted(set(ids))
     try:

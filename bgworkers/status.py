@@ -73,9 +73,7 @@ class Run:
 
     @property
     def duration_s(self) -> float | None:
-        if self.ended_at is None:
-            return None
-        return round((self.ended_at - self.started_at).total_seconds(), 3)
+        return duration_s(self.started_at, self.ended_at)
 
     def as_json(self) -> dict[str, Any]:
         return {"started_at": iso(self.started_at), "ended_at": iso(self.ended_at),
@@ -148,6 +146,13 @@ class Check:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def duration_s(started_at: datetime, ended_at: datetime | None) -> float | None:
+    """Seconds a run took, to the millisecond; None while it has not ended."""
+    if ended_at is None:
+        return None
+    return round((ended_at - started_at).total_seconds(), 3)
 
 
 def iso(at: datetime | None) -> str | None:
