@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, create_engine, event, literal_column, text
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, literal_column, text
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -176,7 +178,18 @@ def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
         server.dispose()
 
 
-def db_now(engine: Engine, plus_seconds: float = 0.0) -> ColumnElement[datetime]:
+@contextmanager
+def transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """`bind` itself when it is a connection (the caller's transaction), else a new
+    transaction on the engine, committed on success."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
+
+
+def db_now(bind: Engine | Connection, plus_seconds: float = 0.0) -> ColumnElement[datetime]:
     """The database server's UTC clock (plus an offset) as a SQL expression.
 
     Leases compare times written by different hosts, so they use one clock: the
@@ -184,7 +197,7 @@ def db_now(engine: Engine, plus_seconds: float = 0.0) -> ColumnElement[datetime]
     SQLAlchemy stores DATETIME in on SQLite.
     """
     micros = round(plus_seconds * 1_000_000)
-    if engine.dialect.name == "sqlite":
+    if bind.dialect.name == "sqlite":
         sql = f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{micros / 1_000_000:+f} seconds') || '000')"
     else:
         sql = f"TIMESTAMPADD(MICROSECOND, {micros}, UTC_TIMESTAMP(6))"

@@ -2,8 +2,10 @@
 
 The row's unique (job, tenant, tick_at) key is the claim that makes a tick run
 at most once per tenant however many replicas fire it: whoever inserts first
-runs it. Start and end times are on the database clock, like leases, so runs
-recorded by different hosts compare.
+runs it.  A replica that cannot run a tick records why (`missed`), and that row
+is no claim: a replica that can run the tick takes it over.  Start and end times
+are on the database clock, like leases, so runs recorded by different hosts
+compare.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bgworkers.db import db_now
+from bgworkers.db import db_now, transaction
 from bgworkers.schema.own import run as run_table
 
 
@@ -46,59 +48,61 @@ RUNNING, OK, FAILED, SKIPPED, MISSED = (RunStatus.RUNNING, RunStatus.OK, RunStat
 _STILL_RUNNING = run_table.c.status == RUNNING.value
 
 
-def claim(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str, host: str,
-          pid: int) -> bool:
-    """Insert the running row; False when another run already has this tick."""
+def claim(conn: Connection, job: str, tenant: str, tick_at: datetime, run_id: str, host: str,
+          pid: int, status: RunStatus = RUNNING, error: str | None = None) -> bool:
+    """Give this run the tick, in `conn`'s transaction; False when another run has it.
+
+    A `missed` row is no claim: it only says why this tick did not run on the
+    replica that wrote it, so a replica that can run the tick takes the row over.
+    A row that is not RUNNING (e.g. SKIPPED) is written closed.
+    """
+    c = run_table.c
+    values = {"run_id": run_id, "host": host, "pid": pid, "started_at": db_now(conn),
+              "ended_at": None if status == RUNNING else db_now(conn),
+              "status": status.value, "counters": None, "error": error}
     try:
-        with engine.begin() as conn:
-            conn.execute(insert(run_table).values(
-                job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
-                started_at=db_now(engine), status=RUNNING.value))
-    except IntegrityError:
-        return False
-    return True
+        conn.execute(insert(run_table).values(job=job, tenant=tenant, tick_at=tick_at, **values))
+        return True
+    except IntegrityError:  # only this statement failed: the transaction goes on
+        return conn.execute(update(run_table).where(
+            c.job == job, c.tenant == tenant, c.tick_at == tick_at,
+            c.status == MISSED.value).values(**values)).rowcount == 1
 
 
-def started(engine: Engine, run_id: str) -> None:
-    """Stamp the start once the lease is held, so the recorded interval lies inside it."""
-    with engine.begin() as conn:
-        conn.execute(update(run_table).where(run_table.c.run_id == run_id).values(
-            started_at=db_now(engine)))
-
-
-def finish(engine: Engine, run_id: str, status: RunStatus,
+def finish(bind: Engine | Connection, run_id: str, status: RunStatus,
            counters: Mapping[str, int] | None = None, error: str | None = None) -> bool:
     """Close a running row.  False when it was no longer running: another holder has
     already recorded its end (e.g. abandoned after a takeover), which stays as it is."""
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         return bool(conn.execute(update(run_table).where(
             run_table.c.run_id == run_id, _STILL_RUNNING).values(
-            status=status.value, ended_at=db_now(engine),
+            status=status.value, ended_at=db_now(conn),
             counters=json.dumps(dict(counters)) if counters is not None else None,
             error=error[:65000] if error else None)).rowcount)
 
 
 def record_missed(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str,
                   host: str, pid: int, reason: str) -> bool:
-    """A tick this replica did not run; a no-op when another replica ran it."""
+    """A tick this replica did not run.  A no-op when another run has the tick; a replica
+    that can run it later takes the row over (`claim`).  When `run_id` itself holds the
+    tick (its claim committed but the answer was lost), that row is closed missed."""
     try:
         with engine.begin() as conn:
             conn.execute(insert(run_table).values(
                 job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
-                started_at=db_now(engine), ended_at=db_now(engine), status=MISSED.value,
+                started_at=db_now(conn), ended_at=db_now(conn), status=MISSED.value,
                 error=reason))
     except IntegrityError:
-        return False
+        return finish(engine, run_id, MISSED, None, reason)
     return True
 
 
-def mark_abandoned(engine: Engine, run_id: str, by_holder: str) -> int:
+def mark_abandoned(conn: Connection, run_id: str, by_holder: str) -> int:
     """The run whose lease expired (its process died or lost the network) did not finish."""
-    with engine.begin() as conn:
-        return conn.execute(update(run_table).where(
-            run_table.c.run_id == run_id, _STILL_RUNNING).values(
-            status=RunStatus.ABANDONED.value, ended_at=db_now(engine),
-            error=f"abandoned: lease expired, taken over by {by_holder}")).rowcount
+    return conn.execute(update(run_table).where(
+        run_table.c.run_id == run_id, _STILL_RUNNING).values(
+        status=RunStatus.ABANDONED.value, ended_at=db_now(conn),
+        error=f"abandoned: lease expired, taken over by {by_holder}")).rowcount
 
 
 def last_ticks(engine: Engine, job: str) -> dict[str, datetime]:

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bgworkers import limits
-from bgworkers.db import db_now, error_line
+from bgworkers.db import db_now, error_line, transaction
 from bgworkers.jobs.base import LeaseLost
 from bgworkers.logs import get_logger
 from bgworkers.schema.own import lease as lease_table
@@ -60,43 +60,55 @@ class Leases:
         t = lease_table.c
         return and_(t.lease_group == lease.group, t.tenant == lease.tenant, t.token == lease.token)
 
-    def acquire(self, group: str, tenant: str, token: str) -> Lease | None:
-        """The lease, or None when another run holds it."""
-        engine = self._engine()
+    def acquire(self, group: str, tenant: str, token: str,
+                conn: Connection | None = None) -> Lease | None:
+        """The lease, or None when another run holds it.  In `conn`'s transaction when
+        given (the lease is then held, and renewed, only if that transaction commits:
+        call `hold` after the commit)."""
         t = lease_table.c
-        values = {"holder": self.holder, "token": token, "acquired_at": db_now(engine),
-                  "expires_at": db_now(engine, self.ttl)}
+        bind = conn if conn is not None else self._engine()
+        values = {"holder": self.holder, "token": token, "acquired_at": db_now(bind),
+                  "expires_at": db_now(bind, self.ttl)}
         lease = Lease(group, tenant, token, self.ttl)
-        try:
-            with engine.begin() as conn:
-                conn.execute(insert(lease_table).values(lease_group=group, tenant=tenant,
-                                                        **values))
-        except IntegrityError:
-            with engine.begin() as conn:
-                old = conn.execute(select(t.token, t.holder).where(
+        with transaction(bind) as tx:
+            try:
+                tx.execute(insert(lease_table).values(lease_group=group, tenant=tenant,
+                                                      **values))
+            except IntegrityError:  # only this statement failed: the transaction goes on
+                old = tx.execute(select(t.token, t.holder).where(
                     t.lease_group == group, t.tenant == tenant,
-                    t.expires_at < db_now(engine))).first()
+                    t.expires_at < db_now(tx))).first()
                 if old is None:
                     return None
-                taken = conn.execute(update(lease_table).where(
+                taken = tx.execute(update(lease_table).where(
                     t.lease_group == group, t.tenant == tenant, t.token == old.token,
-                    t.expires_at < db_now(engine)).values(**values)).rowcount
-            if taken != 1:
-                return None
-            lease.previous = old.token
-            log.warning("lease_taken_over", lease_group=group, tenant=tenant,
-                        previous_holder=old.holder)
-        with self._lock:
-            self._held[token] = lease
+                    t.expires_at < db_now(tx)).values(**values)).rowcount
+                if taken != 1:
+                    return None
+                lease.previous = old.token
+                log.warning("lease_taken_over", lease_group=group, tenant=tenant,
+                            previous_holder=old.holder)
+        if conn is None:
+            self.hold(lease)
         return lease
 
-    def release(self, lease: Lease) -> None:
+    def hold(self, lease: Lease) -> None:
+        """Renew `lease` in the background from now on (its acquiring transaction committed)."""
+        with self._lock:
+            self._held[lease.token] = lease
+
+    def release(self, lease: Lease, conn: Connection | None = None) -> None:
+        """Stop renewing and delete the lease (in `conn`'s transaction when given).  A
+        failed delete is logged, not raised, when in a transaction of our own: the
+        lease expires by itself after the TTL."""
         with self._lock:
             self._held.pop(lease.token, None)
         try:
-            with self._engine().begin() as conn:
-                conn.execute(delete(lease_table).where(self._where(lease)))  # type: ignore[arg-type]
-        except SQLAlchemyError as exc:  # it expires by itself after the TTL
+            with transaction(conn or self._engine()) as tx:
+                tx.execute(delete(lease_table).where(self._where(lease)))  # type: ignore[arg-type]
+        except SQLAlchemyError as exc:
+            if conn is not None:
+                raise
             log.warning("lease_release_failed", lease_group=lease.group, tenant=lease.tenant,
                         error=error_line(exc))
 

@@ -41,6 +41,7 @@ BOOKKEEPING_LIMIT = 30.0
 #: A TenantResult status that is no history state: another replica ran the tick.
 CLAIMED = "claimed"
 MISSED, OK = RunStatus.MISSED.value, RunStatus.OK.value
+LEASE_BUSY = "lease held by another run"
 DROPPED = "dropped at shutdown: the daemon stopped before this run started"
 STILL_RUNNING = "previous run of this tenant still running"
 #: Outcomes that count as an error of the tick (a partial run counts its own errors).
@@ -358,12 +359,11 @@ class Runner:
                 run.run_id, run.lease = run_id, lease
             started = time.monotonic()
             ctx.guard = lease
+            result = TenantResult(RunStatus.FAILED, error="the run ended without a result")
             try:
                 result = self._execute(spec, ctx, job_settings.run_limit.total_seconds())
-                self._record(dbs, run_id, result)
-            finally:  # after the history row is closed: its interval lies inside the lease
-                with limits.limited(BOOKKEEPING_LIMIT):
-                    self.leases.release(lease)
+            finally:
+                self._finish(dbs, lease, result)
             with self._lock:
                 if result.status == RunStatus.TIMED_OUT:
                     self.stalled.add(tenant.code)
@@ -380,41 +380,37 @@ class Runner:
 
     def _start(self, spec: JobSpec, tenant: str, tick_at: datetime, run_id: str,
                dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
-        """Claim the tick and take the lease; a TenantResult when the run must not go on."""
-        coordination = dbs.coordination
+        """Take the lease and claim the tick, in one transaction; a TenantResult when the
+        run must not go on."""
         tick = tick_at.astimezone(UTC).replace(tzinfo=None)
-        claimed = False
-        lease = None
         try:
-            if not history.claim(coordination, spec.name, tenant, tick, run_id, self.host,
-                                 self.pid):
-                tenant_log.debug("tick_claimed_elsewhere", tick=tick_at.isoformat())
-                return TenantResult(CLAIMED)
-            claimed = True
-            lease = self.leases.acquire(spec.lease_group, tenant, run_id)
-            if lease is None:
-                tenant_log.info("lease_busy", lease_group=spec.lease_group)
-                history.finish(coordination, run_id, RunStatus.SKIPPED, None,
-                               "lease held by another run")
-                return TenantResult(RunStatus.SKIPPED, error="lease held by another run")
-            if lease.previous is not None:
-                history.mark_abandoned(coordination, lease.previous, self.leases.holder)
-            history.started(coordination, run_id)
+            with dbs.coordination.connect() as conn:
+                # The lease first, then the run's row: its start is stamped once the lease
+                # is held, so the recorded interval lies inside it.  A tick that turns out
+                # claimed elsewhere rolls the lease back.
+                lease = self.leases.acquire(spec.lease_group, tenant, run_id, conn)
+                if lease is not None and lease.previous is not None:
+                    history.mark_abandoned(conn, lease.previous, self.leases.holder)
+                claimed = history.claim(
+                    conn, spec.name, tenant, tick, run_id, self.host, self.pid,
+                    *((RunStatus.RUNNING, None) if lease else (RunStatus.SKIPPED, LEASE_BUSY)))
+                (conn.commit if claimed else conn.rollback)()
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            if lease is not None:
-                self.leases.release(lease)
             error = f"not run: coordination database unavailable: {_short(exc)}"
             tenant_log.error("run_not_started", error=error)
             self.note_error(spec.name, tenant, error)
             # Recorded once the database answers again: the tick has a row either way.
-            if claimed:
-                self._defer(f"finish {run_id}", functools.partial(
-                    history.finish, run_id=run_id, status=RunStatus.MISSED, error=error))
-            else:
-                self._defer(f"missed {spec.name}/{tenant}", functools.partial(
-                    history.record_missed, job=spec.name, tenant=tenant, tick_at=tick,
-                    run_id=run_id, host=self.host, pid=self.pid, reason=error))
+            self._defer(f"missed {spec.name}/{tenant}", functools.partial(
+                history.record_missed, job=spec.name, tenant=tenant, tick_at=tick,
+                run_id=run_id, host=self.host, pid=self.pid, reason=error))
             return TenantResult(RunStatus.FAILED, error=error)
+        if not claimed:
+            tenant_log.debug("tick_claimed_elsewhere", tick=tick_at.isoformat())
+            return TenantResult(CLAIMED)
+        if lease is None:
+            tenant_log.info("lease_busy", lease_group=spec.lease_group)
+            return TenantResult(RunStatus.SKIPPED, error=LEASE_BUSY)
+        self.leases.hold(lease)
         return lease
 
     def _execute(self, spec: JobSpec, ctx: JobContext, limit_s: float) -> TenantResult:
@@ -467,20 +463,26 @@ class Runner:
 
     # -------------------------------------------------------------- history
 
-    def _record(self, dbs: Databases, run_id: str, result: TenantResult) -> None:
-        """Close the run's history row with its outcome, now or once the database answers."""
+    def _finish(self, dbs: Databases, lease: Lease, result: TenantResult) -> None:
+        """Release the lease and close the run's history row with its outcome, in one
+        transaction; when the database does not answer, the row is closed once it does
+        (and the lease expires by itself)."""
+        run_id = lease.token
         write = functools.partial(history.finish, run_id=run_id,
                                   status=RunStatus(result.status), counters=result.counters,
                                   error=result.error)
         try:
-            with limits.limited(BOOKKEEPING_LIMIT):
-                if not write(dbs.coordination):
-                    log.warning("run_end_not_recorded", run_id=run_id, status=result.status,
-                                reason="its history row was closed by another holder "
-                                       "(taken over as abandoned); that record stands")
+            with limits.limited(BOOKKEEPING_LIMIT), dbs.coordination.begin() as conn:
+                self.leases.release(lease, conn)  # the lease first, as in `_start`
+                recorded = write(conn)
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
             log.warning("history_write_deferred", run_id=run_id, error=_short(exc))
             self._defer(f"finish {run_id}", write)
+            return
+        if not recorded:
+            log.warning("run_end_not_recorded", run_id=run_id, status=result.status,
+                        reason="its history row was closed by another holder "
+                               "(taken over as abandoned); that record stands")
 
     def _write_or_defer(self, what: str, write: Callable[[Engine], object], engine: Engine,
                         **where: str) -> object:
@@ -601,17 +603,9 @@ class Runner:
         error = (f"interrupted: the daemon stopped and the run had not finished within "
                  f"shutdown_grace ({self.settings.scheduler.shutdown_grace.total_seconds():g} s)")
         for run in runs:
-            assert run.run_id is not None
-            with limits.limited(BOOKKEEPING_LIMIT):
-                try:
-                    history.finish(self.dbs.coordination, run.run_id, RunStatus.INTERRUPTED,
-                                   None, error)
-                except (SQLAlchemyError, limits.RunTimedOut) as exc:
-                    log.error("history_write_failed", job=run.job, tenant=run.tenant,
-                              error=_short(exc))
             if run.lease is not None:
-                with limits.limited(BOOKKEEPING_LIMIT):
-                    self.leases.release(run.lease)
+                self._finish(self.dbs, run.lease, TenantResult(RunStatus.INTERRUPTED,
+                                                               error=error))
             log.error("run_interrupted", job=run.job, tenant=run.tenant, run_id=run.run_id,
                       error=error)
         return [f"{run.job}/{run.tenant}" for run in runs]

@@ -31,6 +31,8 @@ run = Table(
     # `bgworkers history JOB` / `--tenant CODE`: newest first without a sort
     Index("ix_bgw_run_job_started", "job", "started_at"),
     Index("ix_bgw_run_tenant_started", "tenant", "started_at"),
+    # closing a run (and marking it abandoned) finds its row by run_id
+    Index("ix_bgw_run_run_id", "run_id"),
 )
 
 #: A (lease group, tenant) is held by at most one run; expires_at uses the DB clock.

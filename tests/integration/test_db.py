@@ -55,7 +55,7 @@ def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Data
     first = bgworkers(config, "db", "init")
     assert first.returncode == 0, first.stderr
     assert "core (" in first.stdout
-    assert "created 6 tables (migrations: coord_0001, coord_0002, coord_0003)" in first.stdout
+    assert "created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)" in first.stdout
     assert "tenant" not in first.stdout  # no organizations yet
 
     add_orgs(dbs.core)
@@ -115,7 +115,7 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
     dry = bgworkers(config, "db", "upgrade", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("would apply tenant_0001, tenant_0002, tenant_0003") == 2
-    assert "would apply coord_0001, coord_0002, coord_0003" in dry.stdout
+    assert "would apply coord_0001, coord_0002, coord_0003, coord_0004" in dry.stdout
     assert "ADD COLUMN next_attempt_at DATETIME" in dry.stdout
     assert "CREATE TABLE mv_dashboard_trends" in dry.stdout
     assert "CREATE TABLE bgw_node_visit" in dry.stdout
@@ -124,7 +124,7 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
     applied = bgworkers(config, "db", "upgrade")
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.count("applied tenant_0001, tenant_0002, tenant_0003") == 2
-    assert "applied coord_0001, coord_0002, coord_0003" in applied.stdout
+    assert "applied coord_0001, coord_0002, coord_0003, coord_0004" in applied.stdout
 
     again = bgworkers(config, "db", "upgrade")
     assert again.returncode == 0

@@ -83,6 +83,27 @@ def test_a_tick_runs_once_per_tenant(db_urls: DbUrls, config: Path) -> None:
     assert len(runs(db_urls.core_url)) == 2
 
 
+def test_a_miss_recorded_elsewhere_never_takes_the_tick_away(
+        db_urls: DbUrls, config: Path) -> None:
+    late, healthy = Runner(load_settings(config)), Runner(load_settings(config))
+    try:
+        # a replica that cannot run the tick (its previous run still going) says so first
+        late._tenant_missed("heartbeat", "DEFAULT", TICK, "previous run of this tenant "
+                            "still running")
+        result = healthy.tick("heartbeat", TICK)
+        # and a miss recorded after the tick ran changes nothing
+        late._tenant_missed("heartbeat", "maison_atelier", TICK, "too late")
+    finally:
+        late.close()
+        healthy.close()
+    assert {code: r.status for code, r in result.tenants.items()} == {
+        "DEFAULT": "ok", "maison_atelier": "ok"}
+    rows = runs(db_urls.core_url)
+    assert [(r.tenant, r.status, r.error) for r in rows] == [
+        ("DEFAULT", "ok", None), ("maison_atelier", "ok", None)]
+    assert all(r.started_at <= r.ended_at for r in rows)
+
+
 def test_held_lease_skips_the_tenant_with_a_history_row(db_urls: DbUrls, config: Path) -> None:
     runner = Runner(load_settings(config))
     other = Leases(lambda: runner.dbs.coordination, "elsewhere:1", 30)
