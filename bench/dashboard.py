@@ -331,8 +331,9 @@ def main() -> None:
 
             def refresh(spec: dashboard.SummaryTable = spec, job_ctx: JobContext = job_ctx) -> None:
                 clock.at += timedelta(minutes=1)
-                with limits.limited(limit("dashboard_fast")):
-                    dashboard.refresh(job_ctx, spec, dashboard.moment(job_ctx), 5000)
+                with limits.limited(limit("dashboard_fast")), \
+                        dashboard.session(job_ctx.db) as conn:
+                    dashboard.refresh(job_ctx, conn, spec, dashboard.moment(job_ctx), 5000)
 
             def scan(query: sa.Select[Any] = scans[name]) -> None:
                 with engine.connect() as conn:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -125,28 +125,34 @@ def run(ctx: JobContext) -> Counters:
         raise TypeError(f"job {ctx.job!r} is not a dashboard tier (its settings have no tables)")
     m = moment(ctx)
     counters = dict.fromkeys(COUNTERS[1:], 0)
-    for name in settings.tables:
-        started = time.monotonic()
-        try:
-            written, deleted = refresh(ctx, TABLES[name], m, settings.delete_batch)
-        except SQLAlchemyError as exc:
-            counters["errors"] += 1
-            error = schema_error(ctx, TABLES[name]) or error_line(exc)
-            ctx.part_failed(f"table {name}", error)
-            ctx.log.error("dashboard_table_failed", table=name, error=error, ms=_ms(started))
-            continue
-        counters["tables"] += 1
-        counters["rows_written"] += written
-        counters["rows_deleted"] += deleted
-        ctx.log.info(
-            "dashboard_table_refreshed",
-            table=name,
-            rows=written,
-            deleted=deleted,
-            ms=_ms(started),
-            snapshot_at=m.snapshot_at.isoformat(sep=" "),
-            dry_run=ctx.dry_run,
-        )
+    with ExitStack() as sessions:  # one for the run's tables, a new one after an error
+        conn: Connection | None = None
+        for name in settings.tables:
+            started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = sessions.enter_context(session(ctx.db))
+                written, deleted = refresh(ctx, conn, TABLES[name], m, settings.delete_batch)
+            except SQLAlchemyError as exc:
+                sessions.close()
+                conn = None
+                counters["errors"] += 1
+                error = schema_error(ctx, TABLES[name]) or error_line(exc)
+                ctx.part_failed(f"table {name}", error)
+                ctx.log.error("dashboard_table_failed", table=name, error=error, ms=_ms(started))
+                continue
+            counters["tables"] += 1
+            counters["rows_written"] += written
+            counters["rows_deleted"] += deleted
+            ctx.log.info(
+                "dashboard_table_refreshed",
+                table=name,
+                rows=written,
+                deleted=deleted,
+                ms=_ms(started),
+                snapshot_at=m.snapshot_at.isoformat(sep=" "),
+                dry_run=ctx.dry_run,
+            )
     return counters
 
 
@@ -167,28 +173,29 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def refresh(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> tuple[int, int]:
-    """One table for one tenant: (rows written, rows deleted).  Dry run: what it would be."""
+def refresh(ctx: JobContext, conn: Connection, spec: SummaryTable, m: Moment,
+            batch: int) -> tuple[int, int]:
+    """One table for one tenant, in a `session`: (rows written, rows deleted).  Dry run:
+    what it would be."""
     if ctx.dry_run:
-        return _would(ctx.db, spec, m)
+        return _would(conn, spec, m)
     ctx.check_lease()
-    with _session(ctx.db) as conn:
-        if spec.prepare is not None:
-            # the first cycle-time refresh records a week of visits: tens of seconds
-            log = ctx.log.bind(job=ctx.job, tenant=ctx.tenant.code)
-            with still_running(log, "dashboard_table_preparing", table=spec.table.name), \
-                    conn.begin():
-                spec.prepare(m, conn)
-            ctx.check_lease()
-        with conn.begin():
-            replaced = conn.execute(
-                delete(spec.table).where(spec.table.c.snapshot_at >= m.snapshot_at)
-            ).rowcount
-            written = sum(conn.execute(stmt).rowcount for stmt in spec.build(m, conn))
-    return written, replaced + purge(ctx, spec, m, batch)
+    if spec.prepare is not None:
+        # the first cycle-time refresh records a week of visits: tens of seconds
+        log = ctx.log.bind(job=ctx.job, tenant=ctx.tenant.code)
+        with still_running(log, "dashboard_table_preparing", table=spec.table.name), \
+                conn.begin():
+            spec.prepare(m, conn)
+        ctx.check_lease()
+    with conn.begin():
+        replaced = conn.execute(
+            delete(spec.table).where(spec.table.c.snapshot_at >= m.snapshot_at)
+        ).rowcount
+        written = sum(conn.execute(stmt).rowcount for stmt in spec.build(m, conn))
+    return written, replaced + purge(ctx, conn, spec, m, batch)
 
 
-def purge(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> int:
+def purge(ctx: JobContext, conn: Connection, spec: SummaryTable, m: Moment, batch: int) -> int:
     """Delete expired rows, at most `batch` per statement and transaction."""
     table, expired = spec.table, spec.expired(m)
     # MySQL refuses LIMIT directly in an IN subquery and a subquery on the table being
@@ -198,7 +205,7 @@ def purge(ctx: JobContext, spec: SummaryTable, m: Moment, batch: int) -> int:
     total = 0
     while True:
         ctx.check_lease()
-        with ctx.db.begin() as conn:
+        with conn.begin():
             deleted = conn.execute(stmt).rowcount
         total += deleted
         if deleted < batch:
@@ -214,7 +221,7 @@ LIST_MAX = 4294967295
 
 
 @contextmanager
-def _session(engine: Engine) -> Iterator[Connection]:
+def session(engine: Engine) -> Iterator[Connection]:
     """A connection for one refresh.  On MySQL/MariaDB: READ COMMITTED, so that the
     INSERT ... SELECT reads the ERP tables without locking them (REPEATABLE READ
     would hold shared locks on every scanned source row until commit),
@@ -244,9 +251,9 @@ def _session(engine: Engine) -> Iterator[Connection]:
                 conn.invalidate()  # never hand a session with odd settings back to the pool
 
 
-def _would(engine: Engine, spec: SummaryTable, m: Moment) -> tuple[int, int]:
+def _would(conn: Connection, spec: SummaryTable, m: Moment) -> tuple[int, int]:
     """Counts from plain reads; `prepare` writes in a transaction that is rolled back."""
-    with _session(engine) as conn:
+    with conn.begin() as transaction:
         if spec.prepare is not None:
             spec.prepare(m, conn)
         written = 0
@@ -257,4 +264,5 @@ def _would(engine: Engine, spec: SummaryTable, m: Moment) -> tuple[int, int]:
         expired = conn.execute(
             select(func.count()).select_from(spec.table).where(spec.expired(m))
         ).scalar_one()
+        transaction.rollback()
     return written, expired
