@@ -4,13 +4,17 @@
                                               [--tenants 200,1000] [--scale 1]
 
 Fills the largest number of tenants with demo data (kept on a --url server, so a
-second run skips it) and stops unless every tenant has tokens.  Then, for each
-count N, runs `dashboard_fast` once over the first N tenants with the default
-concurrency (scheduler.max_workers = 4), with the server's max_connections at
-its default of 151, and prints: the tick time and its ratio to the tier's 60 s
-interval (held to <= 0.30), the cost per tenant and its ratio to the smallest
-count's (held to <= 1.10), and the server's peak connections during the tick
-(held to <= max_workers + 8).  Every tenant must end `ok` with rows written.
+second run skips it, after `db upgrade` of the core database) and stops unless
+every tenant has tokens.  Then, for each
+count N, runs two `dashboard_fast` ticks over the first N tenants, as a daemon
+does after its start (default concurrency, scheduler.max_workers = 4; logging
+at info, as JSON, to a file), with the server's max_connections at its default
+of 151, and prints: the second tick's time (every tick but the first after a
+start is like it) and its ratio to the tier's 60 s interval (held to <= 0.30;
+the first tick's is printed beside it), the cost per tenant and its ratio to
+the smallest count's (held to <= 1.10), and the server's peak connections
+during the ticks (held to <= max_workers + 8).  Every tenant must end `ok`
+with rows written in both ticks; the exit status is 1 when a bound is not held.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from dashboard import server  # noqa: E402
 
+from bgworkers import dbadmin  # noqa: E402
 from bgworkers.demo import generate  # noqa: E402
-from bgworkers.runner import Runner  # noqa: E402
+from bgworkers.logs import configure_logging  # noqa: E402
+from bgworkers.runner import Runner, TickResult  # noqa: E402
 from bgworkers.schema import tenant as t  # noqa: E402
 from bgworkers.settings import Settings, load_settings  # noqa: E402
 from bgworkers.tenancy import Databases, discover  # noqa: E402
@@ -47,7 +53,7 @@ tenant_url = "{url}/bgw_sweep_t_{{code_lower}}?charset=utf8mb4"
 [tenants]
 include = {include!r}
 [logging]
-level = "warning"
+level = "info"
 format = "json"
 """.replace("'", '"'))
     return load_settings(path)
@@ -80,9 +86,21 @@ def ensure_data(settings: Settings, tenants: int, scale: float) -> list[str]:
             sys.exit(f"data check failed: {len(codes)} tenants, {len(empty)} without tokens "
                      f"(e.g. {empty[:3]})")
         print(f"data check: {len(codes)} tenants, every one with tokens")
+        # kept data may predate a schema change (e.g. an index on the run history)
+        if dbadmin.upgrade(settings, dbs, codes[0], False, lambda _: None):
+            sys.exit("db upgrade failed")
         return codes
     finally:
         dbs.dispose()
+
+
+def all_ok(result: TickResult, n: int) -> bool:
+    """Every one of the n tenants ended `ok` with rows written (else prints some that did not)."""
+    bad = {c: (r.status, (r.error or "")[:80]) for c, r in result.tenants.items()
+           if r.status != "ok" or r.counters.get("rows_written", 0) == 0}
+    if bad or len(result.tenants) != n:
+        print(f"  {len(result.tenants)} tenants in the tick; not ok: {dict(list(bad.items())[:5])}")
+    return not bad and len(result.tenants) == n
 
 
 class PeakConnections:
@@ -119,43 +137,48 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="demo-data scale per tenant")
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.tenants.split(","))
-    with server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
-        codes = ensure_data(write_settings(Path(tmp) / "all.toml", url, []), counts[-1],
-                            args.scale)
+    with server(args.url) as url, tempfile.TemporaryDirectory() as tmp, \
+            open(Path(tmp) / "daemon.log", "w") as log:
+        all_tenants = write_settings(Path(tmp) / "all.toml", url, [])
+        # logged as the daemon logs (info, JSON): its cost is part of a tick's
+        configure_logging(all_tenants.logging, stream=log)
+        codes = ensure_data(all_tenants, counts[-1], args.scale)
         admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with admin.connect() as conn:
             conn.execute(sa.text(f"SET GLOBAL max_connections = {DEFAULT_MAX_CONNECTIONS}"))
         admin.dispose()
         per_tenant: dict[int, float] = {}
-        failed = False
+        failed = []
         for n in counts:
             settings = write_settings(Path(tmp) / f"{n}.toml", url, codes[:n])
             runner = Runner(settings)
             runner.leases.start()
+            ticks = []
             try:
                 with PeakConnections(url) as peak:
-                    began = time.monotonic()
-                    result = runner.tick("dashboard_fast", datetime.now(UTC))
-                    tick = time.monotonic() - began
+                    for _ in range(2):  # the first after start, then one like every later one
+                        began = time.monotonic()
+                        result = runner.tick("dashboard_fast", datetime.now(UTC))
+                        ticks.append(time.monotonic() - began)
+                        if not all_ok(result, n):
+                            failed.append(f"{n} tenants: some did not refresh")
             finally:
                 runner.close()
-            ok = [c for c, r in result.tenants.items()
-                  if r.status == "ok" and r.counters.get("rows_written", 0) > 0]
+            first, tick = ticks
             per_tenant[n] = tick / n
-            workers = settings.scheduler.max_workers
-            print(f"{n} tenants: tick {tick:.1f} s, ratio to the 60 s interval "
-                  f"{tick / 60:.2f} (held to <= 0.30); {per_tenant[n] * 1000:.1f} ms per tenant "
-                  f"(x{per_tenant[n] / per_tenant[counts[0]]:.2f} of {counts[0]} tenants, "
-                  f"held to <= 1.10); peak server connections {peak.peak} "
-                  f"(held to <= max_workers + 8 = {workers + 8}, max_connections "
-                  f"{DEFAULT_MAX_CONNECTIONS}); {len(ok)} of {n} tenants ok with rows")
-            if len(ok) != n:
-                bad = {c: (r.status, (r.error or "")[:80]) for c, r in result.tenants.items()
-                       if c not in ok}
-                print(f"  not ok: {dict(list(bad.items())[:5])}")
-                failed = True
+            growth = per_tenant[n] / per_tenant[counts[0]]
+            bound = settings.scheduler.max_workers + 8
+            print(f"{n} tenants: tick {tick:.1f} s, ratio to the 60 s interval {tick / 60:.2f} "
+                  f"(held to <= 0.30; the first tick after start: {first:.1f} s, "
+                  f"{first / 60:.2f}); {per_tenant[n] * 1000:.1f} ms per tenant (x{growth:.2f} "
+                  f"of {counts[0]} tenants, held to <= 1.10); peak server connections "
+                  f"{peak.peak} (held to <= max_workers + 8 = {bound}, max_connections "
+                  f"{DEFAULT_MAX_CONNECTIONS}); both ticks: every tenant ok with rows")
+            failed += [f"{n} tenants: {what}" for what, past in (
+                ("tick ratio", tick / 60 > 0.30), ("cost per tenant", growth > 1.10),
+                ("peak connections", peak.peak > bound)) if past]
         if failed:
-            sys.exit("some tenants did not refresh: the figures above are not valid")
+            sys.exit(f"not held: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,20 @@ def _older_than(table: Table, keep: timedelta) -> Expired:
 
 
 def _now(build: Callable[[Moment], list[Insert]]) -> Build:
-    return lambda m, _conn: build(m)
+    """Statements that see the moment only through `Moment.at`: built once per list of
+    live statuses (building them costs more than running them on a small tenant), then
+    run with each moment's parameters."""
+    built: dict[tuple[str, ...], tuple[list[Insert], dict[str, timedelta]]] = {}
+
+    def statements(m: Moment, _conn: Connection) -> list[Insert]:
+        if m.live_statuses not in built:
+            template = Moment(m.snapshot_at, m.live_statuses)
+            built[m.live_statuses] = build(template), template.shifts
+        inserts, shifts = built[m.live_statuses]
+        m.adopt(shifts)
+        return inserts
+
+    return statements
 
 
 _NOW_READS = (tenant.flow_token, tenant.job_graph_instance, tenant.token_assignment,
@@ -191,7 +204,8 @@ def refresh(ctx: JobContext, conn: Connection, spec: SummaryTable, m: Moment,
         replaced = conn.execute(
             delete(spec.table).where(spec.table.c.snapshot_at >= m.snapshot_at)
         ).rowcount
-        written = sum(conn.execute(stmt).rowcount for stmt in spec.build(m, conn))
+        inserts = spec.build(m, conn)
+        written = sum(conn.execute(stmt, m.params()).rowcount for stmt in inserts)
     return written, replaced + purge(ctx, conn, spec, m, batch)
 
 
@@ -260,7 +274,9 @@ def _would(conn: Connection, spec: SummaryTable, m: Moment) -> tuple[int, int]:
         for stmt in spec.build(m, conn):
             rows = stmt.select
             assert rows is not None  # every statement is INSERT ... SELECT
-            written += conn.execute(select(func.count()).select_from(rows.subquery())).scalar_one()
+            written += conn.execute(
+                select(func.count()).select_from(rows.subquery()), m.params()
+            ).scalar_one()
         expired = conn.execute(
             select(func.count()).select_from(spec.table).where(spec.expired(m))
         ).scalar_one()

@@ -1,5 +1,8 @@
 """The three "now" tables: mv_token_flow_summary, mv_node_bottlenecks, mv_team_workload.
 
+Their statements see the refresh moment only through `Moment.at`, so that they
+are built once and run for every tenant and moment with its parameters.
+
 Each is one INSERT ... SELECT over the live tokens (and, for the flow summary,
 the tokens completed in the last 24 h).  The team of a token is the team of
 the member of its open assignment (see dashboard_sql.with_team).
@@ -39,9 +42,8 @@ RECENT = timedelta(hours=24)  # completed_count window; retention of the fast ta
 def token_flow_summary(m: Moment) -> list[Insert]:
     """Per (graph, node, team): live tokens, waiting tokens, tokens completed in 24 h."""
     t, gi = flow_token, job_graph_instance
-    since = m.snapshot_at - RECENT
     completed = and_(
-        t.c.status == "completed", t.c.completed_at > since, t.c.completed_at <= m.snapshot_at
+        t.c.status == "completed", t.c.completed_at > m.at(-RECENT), t.c.completed_at <= m.at()
     )
     which = or_(t.c.status.in_((*m.live_statuses, "waiting")), completed)
     joined, id_team = with_team(t.outerjoin(gi, gi.c.id_instance == t.c.id_instance), which)
@@ -77,7 +79,7 @@ def node_bottlenecks(m: Moment) -> list[Insert]:
             e.c.id_token == t.c.id_token,
             e.c.event_type == "enter_node",
             e.c.to_node_id == t.c.current_node_id,
-            e.c.event_time <= m.snapshot_at,
+            e.c.event_time <= m.at(),
         )
         .order_by(e.c.event_time.desc())
         .limit(1)

@@ -13,11 +13,12 @@ zero, to two decimals (`cents`), so that both backends give the same rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     Column,
     ColumnElement,
     DateTime,
@@ -31,9 +32,9 @@ from sqlalchemy import (
     String,
     Subquery,
     Table,
+    bindparam,
     case,
     func,
-    literal,
     literal_column,
     select,
 )
@@ -52,14 +53,30 @@ class Moment:
 
     snapshot_at: datetime
     live_statuses: tuple[str, ...]
+    #: the SQL parameters `at` handed out: name -> shift from snapshot_at
+    shifts: dict[str, timedelta] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def today(self) -> date:
         return self.snapshot_at.date()
 
-    def at(self) -> ColumnElement[datetime]:
-        """snapshot_at as a typed SQL value (SQLite stores it exactly like inserted rows)."""
-        return literal(self.snapshot_at, DateTime())
+    def at(self, shift: timedelta = timedelta(0)) -> BindParameter[datetime]:
+        """snapshot_at (+ shift) as a named, typed SQL parameter (SQLite stores it exactly
+        like inserted rows).  A statement built with one moment runs for another with
+        that one's `params()`."""
+        seconds = int(shift.total_seconds())
+        name = f"snapshot_at_{'minus' if seconds < 0 else 'plus'}_{abs(seconds)}s" if seconds \
+            else "snapshot_at"
+        self.shifts[name] = shift
+        return bindparam(name, self.snapshot_at + shift, DateTime())
+
+    def params(self) -> dict[str, datetime]:
+        """The values of the parameters `at` handed out (or `adopt`ed), at this moment."""
+        return {name: self.snapshot_at + shift for name, shift in self.shifts.items()}
+
+    def adopt(self, shifts: dict[str, timedelta]) -> None:
+        """Take on the parameters of statements built with another moment."""
+        self.shifts.update(shifts)
 
 
 def midnight(day: date) -> datetime:
