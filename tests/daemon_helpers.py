@@ -52,14 +52,14 @@ def tenant_setup(db_urls: DbUrls, config: Path, codes: list[str], erp_schema: bo
 
 
 def heartbeat_settings(path: Path, db_urls: DbUrls, every: str = "1s", hold: str = "0s",
-                       extra: str = "") -> Path:
+                       extra: str = "", max_workers: int = 8, lease_ttl: str = "3s") -> Path:
     """Settings scheduling only heartbeat (tenant databases may be empty)."""
     others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
                      if spec.name != "heartbeat" and f"[jobs.{spec.name}]" not in extra)
     return write_settings(path, db_urls, f"""{others}
 [scheduler]
-max_workers = 8
-lease_ttl = "3s"
+max_workers = {max_workers}
+lease_ttl = "{lease_ttl}"
 shutdown_grace = "10s"
 [jobs.heartbeat]
 enabled = true
