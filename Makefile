@@ -1,7 +1,9 @@
 # bgworkers: build, check and test.
 #
 #   make test    the whole suite on a fresh Debian machine (as root): system
-#                packages, .venv, ruff, mypy, pytest under coverage
+#                packages, .venv, ruff, mypy, pytest under coverage, then the soak test
+#   make soak    the soak test alone (tests/soak, not in a bare `pytest`): three replicas
+#                for about three minutes, a kill, a freeze, a database restart; prints figures
 #   make venv    just .venv with the package and its test extras (editable)
 #   make demo    demo data, a database check, one tick of three jobs, then the daemon
 #                in the foreground (Ctrl-C stops it)
@@ -12,7 +14,8 @@
 #   make uninstall  (root) remove what install added but /etc/bgworkers and /var/lib/bgworkers
 #
 # Knobs: PYTHON (interpreter for the venv, default python3.11 else python3),
-#        PYTEST_ARGS (e.g. make test PYTEST_ARGS='-m "not mariadb" -x').
+#        PYTEST_ARGS (e.g. make test PYTEST_ARGS='-m "not mariadb" -x'),
+#        SOAK_ARGS (pytest arguments of the soak test, in make test and make soak).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -27,8 +30,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.bgworkers-installed
 LINT_PATHS := bgworkers tests bench
 PYTEST_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: test venv system-deps demo lint clean distclean install uninstall
+.PHONY: test soak venv system-deps demo lint clean distclean install uninstall
 
 test: system-deps venv
 	@status=0; \
@@ -41,8 +45,13 @@ test: system-deps venv
 	$(BIN)/coverage run --branch --source=bgworkers -m pytest $(PYTEST_ARGS) || status=1; \
 	echo "== coverage"; \
 	$(BIN)/coverage report --skip-empty || true; \
+	echo "== soak test (three replicas, about 3 minutes)"; \
+	$(BIN)/python -m pytest tests/soak -s $(SOAK_ARGS) || status=1; \
 	if [ $$status -eq 0 ]; then echo "make test: OK"; else echo "make test: FAILED (see above)"; fi; \
 	exit $$status
+
+soak: system-deps venv
+	$(BIN)/python -m pytest tests/soak -s $(SOAK_ARGS)
 
 system-deps:
 	@bash tests/harness/install-system-deps.sh

@@ -7,6 +7,9 @@
 - `db_urls` (function, parametrized sqlite / mariadb): a `DbUrls` whose
   databases are private to the test.  Select one backend with
   `-m mariadb` / `-m "not mariadb"` or `-k sqlite`.
+- `own_mariadb` (function): a server of the test's own, which it may stop and
+  start again (`OwnServer`); always started here, whatever
+  BGWORKERS_TEST_MARIADB_URL says.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from daemon_helpers import OwnServer
 from helpers import DbUrls, require
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -88,6 +92,19 @@ def mariadb_server_url() -> Iterator[str]:
         yield lines[-1]
     finally:
         subprocess.run(["bash", str(HARNESS), "stop", str(base)], timeout=STOP_TIMEOUT, check=False)
+
+
+@pytest.fixture
+def own_mariadb() -> Iterator[OwnServer]:
+    """A throwaway MariaDB of this test alone: the test may stop and restart it."""
+    require(_mariadbd_available(), "mariadbd not found (apt-get install mariadb-server)")
+    server = OwnServer(Path(tempfile.mkdtemp(prefix="bgw-own-", dir="/tmp")))
+    try:
+        server.start()
+        yield server
+    finally:
+        subprocess.run(["bash", str(HARNESS), "stop", str(server.base)], timeout=STOP_TIMEOUT,
+                       check=False)
 
 
 def _drop_databases(server_url: str, prefix: str) -> None:

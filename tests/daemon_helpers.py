@@ -1,4 +1,5 @@
-"""Helpers for tests of the runner and the daemon: tenants, settings, history."""
+"""Helpers for tests of the runner and the daemon: tenants, settings, history, a server
+to restart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from bgworkers.jobs import REGISTRY
 from bgworkers.schema import core, own
 from bgworkers.settings import load_settings
 from bgworkers.tenancy import Databases
+
+HARNESS = Path(__file__).parent / "harness" / "mariadb.sh"
 
 
 def tenant_setup(db_urls: DbUrls, config: Path, codes: list[str], erp_schema: bool = False) -> None:
@@ -48,14 +52,14 @@ def tenant_setup(db_urls: DbUrls, config: Path, codes: list[str], erp_schema: bo
 
 
 def heartbeat_settings(path: Path, db_urls: DbUrls, every: str = "1s", hold: str = "0s",
-                       extra: str = "") -> Path:
+                       extra: str = "", max_workers: int = 8, lease_ttl: str = "3s") -> Path:
     """Settings scheduling only heartbeat (tenant databases may be empty)."""
     others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
                      if spec.name != "heartbeat" and f"[jobs.{spec.name}]" not in extra)
     return write_settings(path, db_urls, f"""{others}
 [scheduler]
-max_workers = 8
-lease_ttl = "3s"
+max_workers = {max_workers}
+lease_ttl = "{lease_ttl}"
 shutdown_grace = "10s"
 [jobs.heartbeat]
 enabled = true
@@ -128,3 +132,40 @@ def events(log: Path, name: str | None = None) -> list[dict[str, Any]]:
             if name is None or entry.get("event") == name:
                 found.append(entry)
     return found
+
+
+@dataclass
+class OwnServer:
+    """A throwaway MariaDB (tests/harness/mariadb.sh) of one test, which the test may
+    stop and start again: same port, same data, so the daemons' URLs stay valid."""
+
+    base: Path
+    port: str | None = None
+
+    def _harness(self, *args: str) -> None:
+        env = dict(os.environ, MARIADB_OWNER_PID=str(os.getpid()),
+                   **({"MARIADB_PORT": self.port} if self.port else {}))
+        done = subprocess.run(["bash", str(HARNESS), *args], capture_output=True, text=True,
+                              timeout=120, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb.sh {args[0]} failed (rc={done.returncode}):\n"
+                               f"{done.stderr}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The harness's variables: MARIADB_URL, MARIADB_PORT, MARIADB_PID, ..."""
+        pairs = (line.split("=", 1) for line in (self.base / "env").read_text().split())
+        return {key: value.strip("'") for key, value in pairs}
+
+    @property
+    def url(self) -> str:
+        """`mysql+mysqldb://root@127.0.0.1:PORT`, no database."""
+        return self.env["MARIADB_URL"]
+
+    def start(self) -> None:
+        self._harness("start", str(self.base))
+        self.port = self.env["MARIADB_PORT"]
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM, waited for); the data directory stays."""
+        self._harness("stop", str(self.base), "--keep")

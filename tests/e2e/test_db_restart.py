@@ -10,53 +10,25 @@ after the restart.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import daemon, events, heartbeat_settings, runs, tenant_setup
+from daemon_helpers import OwnServer, daemon, events, heartbeat_settings, runs, tenant_setup
 from helpers import DbUrls
 
 pytestmark = pytest.mark.mariadb
 
-HARNESS = Path(__file__).parent.parent / "harness" / "mariadb.sh"
 TENANTS = ["DEFAULT", "maison_atelier", "atelier_3"]
 
 
-def harness(*args: str, port: str | None = None) -> str:
-    env = dict(os.environ, MARIADB_OWNER_PID=str(os.getpid()),
-               **({"MARIADB_PORT": port} if port else {}))
-    done = subprocess.run(["bash", str(HARNESS), *args], capture_output=True, text=True,
-                          timeout=120, env=env, check=True)
-    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-
-
-@pytest.fixture
-def server() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="bgw-restart-", dir="/tmp"))
-    harness("start", str(base))
-    try:
-        yield base
-    finally:
-        subprocess.run(["bash", str(HARNESS), "stop", str(base)], timeout=60, check=False)
-
-
-def env_of(base: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (base / "env").read_text().split())
-
-
 def test_a_database_restart_mid_tick_leaves_a_whole_and_true_history(
-        server: Path, tmp_path: Path) -> None:
-    env = {k: v.strip("'") for k, v in env_of(server).items()}
-    url = env["MARIADB_URL"]
+        own_mariadb: OwnServer, tmp_path: Path) -> None:
+    url = own_mariadb.url
     urls = DbUrls("mariadb", f"{url}/bgw_restart_core?charset=utf8mb4",
                   f"{url}/bgw_restart_t_{{code_lower}}?charset=utf8mb4")
     engine = sa.create_engine(url)
@@ -71,14 +43,8 @@ def test_a_database_restart_mid_tick_leaves_a_whole_and_true_history(
         while sum(r.status == "ok" for r in runs(urls.core_url)) < 2 * len(TENANTS):
             assert time.monotonic() < deadline, "no runs before the restart"
             time.sleep(0.2)
-        os.kill(int(env["MARIADB_PID"]), signal.SIGTERM)  # a clean restart, mid-run
-        while True:
-            try:
-                os.kill(int(env["MARIADB_PID"]), 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        harness("start", str(server), port=env["MARIADB_PORT"])
+        own_mariadb.stop()  # a clean restart, mid-run
+        own_mariadb.start()
         restarted = time.monotonic()
         deadline = restarted + 30
         while not events(log, "history_writes_recovered"):
