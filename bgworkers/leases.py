@@ -97,12 +97,16 @@ class Leases:
         with self._lock:
             self._held[lease.token] = lease
 
+    def forget(self, lease: Lease) -> None:
+        """Stop renewing `lease`: its run is over, whether or not its release is written."""
+        with self._lock:
+            self._held.pop(lease.token, None)
+
     def release(self, lease: Lease, conn: Connection | None = None) -> None:
         """Stop renewing and delete the lease (in `conn`'s transaction when given).  A
         failed delete is logged, not raised, when in a transaction of our own: the
         lease expires by itself after the TTL."""
-        with self._lock:
-            self._held.pop(lease.token, None)
+        self.forget(lease)
         try:
             with transaction(conn or self._engine()) as tx:
                 tx.execute(delete(lease_table).where(self._where(lease)))  # type: ignore[arg-type]

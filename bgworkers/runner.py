@@ -468,6 +468,7 @@ class Runner:
         transaction; when the database does not answer, the row is closed once it does
         (and the lease expires by itself)."""
         run_id = lease.token
+        self.leases.forget(lease)  # renewed no more, even when the release cannot be written
         write = functools.partial(history.finish, run_id=run_id,
                                   status=RunStatus(result.status), counters=result.counters,
                                   error=result.error)
