@@ -2,19 +2,22 @@
 
     .venv/bin/python bench/dashboard_sweep.py [--url mysql+mysqldb://root@127.0.0.1:PORT]
                                               [--tenants 200,1000] [--scale 1]
+                                              [--repeat 3]
 
 Fills the largest number of tenants with demo data (kept on a --url server, so a
 second run skips it, after `db upgrade` of the core database) and stops unless
-every tenant has tokens.  Then, for each
-count N, runs two `dashboard_fast` ticks over the first N tenants, as a daemon
-does after its start (default concurrency, scheduler.max_workers = 4; logging
-at info, as JSON, to a file), with the server's max_connections at its default
-of 151, and prints: the second tick's time (every tick but the first after a
-start is like it) and its ratio to the tier's 60 s interval (held to <= 0.30;
-the first tick's is printed beside it), the cost per tenant and its ratio to
-the smallest count's (held to <= 1.10), and the server's peak connections
-during the ticks (held to <= max_workers + 8).  Every tenant must end `ok`
-with rows written in both ticks; the exit status is 1 when a bound is not held.
+every tenant has tokens.  Then, REPEAT rounds interleaved over the counts (a
+load that comes and goes hits every count; each figure is the best round, as
+noise only adds time), runs for each count N two `dashboard_fast` ticks over
+the first N tenants as a daemon does after its start: default concurrency
+(scheduler.max_workers = 4), logging at info as JSON to a file, the server's
+max_connections at its default of 151.  Prints the second tick's time (every
+tick but the first after a start is like it) and its ratio to the tier's 60 s
+interval (held to <= 0.30; the first tick's beside it), the cost per tenant
+and its ratio to the smallest count's (held to <= 1.10), and the server's peak
+connections during the ticks (held to <= max_workers + 8).  Every tenant must
+end `ok` with rows written in every tick; the exit status is 1 when a bound is
+not held.
 """
 
 from __future__ import annotations
@@ -129,12 +132,32 @@ class PeakConnections:
         self.engine.dispose()
 
 
+def measure(settings: Settings, url: str, n: int) -> tuple[list[float], int, list[str]]:
+    """Two ticks of a fresh runner, as a daemon does after its start: their times, the
+    server's peak connections, and what went wrong."""
+    runner = Runner(settings)
+    runner.leases.start()
+    ticks, failed = [], []
+    try:
+        with PeakConnections(url) as peak:
+            for _ in range(2):  # the first after start, then one like every later one
+                began = time.monotonic()
+                result = runner.tick("dashboard_fast", datetime.now(UTC))
+                ticks.append(time.monotonic() - began)
+                if not all_ok(result, n):
+                    failed.append(f"{n} tenants: some did not refresh")
+    finally:
+        runner.close()
+    return ticks, peak.peak, failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="MariaDB server URL without a database (kept afterwards)")
     parser.add_argument("--tenants", default="200",
                         help="tenant counts, comma-separated, e.g. 200,1000 (200)")
     parser.add_argument("--scale", type=float, default=1.0, help="demo-data scale per tenant")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over the counts (3)")
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.tenants.split(","))
     with server(args.url) as url, tempfile.TemporaryDirectory() as tmp, \
@@ -147,38 +170,34 @@ def main() -> None:
         with admin.connect() as conn:
             conn.execute(sa.text(f"SET GLOBAL max_connections = {DEFAULT_MAX_CONNECTIONS}"))
         admin.dispose()
-        per_tenant: dict[int, float] = {}
+        settings = {n: write_settings(Path(tmp) / f"{n}.toml", url, codes[:n]) for n in counts}
+        first: dict[int, float] = {}
+        steady: dict[int, float] = {}
+        peaks: dict[int, int] = {}
         failed = []
+        for _ in range(args.repeat):  # interleaved: a load that comes and goes hits all counts
+            for n in counts:
+                (cold, tick), peak, wrong = measure(settings[n], url, n)
+                first[n], steady[n] = min(first.get(n, cold), cold), min(steady.get(n, tick), tick)
+                peaks[n] = max(peaks.get(n, 0), peak)
+                failed += wrong
         for n in counts:
-            settings = write_settings(Path(tmp) / f"{n}.toml", url, codes[:n])
-            runner = Runner(settings)
-            runner.leases.start()
-            ticks = []
-            try:
-                with PeakConnections(url) as peak:
-                    for _ in range(2):  # the first after start, then one like every later one
-                        began = time.monotonic()
-                        result = runner.tick("dashboard_fast", datetime.now(UTC))
-                        ticks.append(time.monotonic() - began)
-                        if not all_ok(result, n):
-                            failed.append(f"{n} tenants: some did not refresh")
-            finally:
-                runner.close()
-            first, tick = ticks
-            per_tenant[n] = tick / n
-            growth = per_tenant[n] / per_tenant[counts[0]]
-            bound = settings.scheduler.max_workers + 8
+            tick, per_tenant = steady[n], steady[n] / n
+            growth = per_tenant / (steady[counts[0]] / counts[0])
+            bound = settings[n].scheduler.max_workers + 8
             print(f"{n} tenants: tick {tick:.1f} s, ratio to the 60 s interval {tick / 60:.2f} "
-                  f"(held to <= 0.30; the first tick after start: {first:.1f} s, "
-                  f"{first / 60:.2f}); {per_tenant[n] * 1000:.1f} ms per tenant (x{growth:.2f} "
+                  f"(held to <= 0.30; the first tick after start: {first[n]:.1f} s, "
+                  f"{first[n] / 60:.2f}); {per_tenant * 1000:.1f} ms per tenant (x{growth:.2f} "
                   f"of {counts[0]} tenants, held to <= 1.10); peak server connections "
-                  f"{peak.peak} (held to <= max_workers + 8 = {bound}, max_connections "
-                  f"{DEFAULT_MAX_CONNECTIONS}); both ticks: every tenant ok with rows")
+                  f"{peaks[n]} (held to <= max_workers + 8 = {bound}, max_connections "
+                  f"{DEFAULT_MAX_CONNECTIONS})")
             failed += [f"{n} tenants: {what}" for what, past in (
                 ("tick ratio", tick / 60 > 0.30), ("cost per tenant", growth > 1.10),
-                ("peak connections", peak.peak > bound)) if past]
+                ("peak connections", peaks[n] > bound)) if past]
+        print(f"best of {args.repeat} rounds; every tick of every round: every tenant ok with "
+              "rows" if not failed else "")
         if failed:
-            sys.exit(f"not held: {'; '.join(failed)}")
+            sys.exit(f"not held: {'; '.join(dict.fromkeys(failed))}")
 
 
 if __name__ == "__main__":
