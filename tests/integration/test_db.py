@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
+from helpers import CliResult, DbUrls, write_settings
+from helpers import bgworkers as cli
 
 from bgworkers.db import ensure_database
 from bgworkers.schema import core, tenant
@@ -29,9 +28,8 @@ ORGS = [
 ]
 
 
-def bgworkers(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bgworkers", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+def bgworkers(config: Path, *args: str) -> CliResult:
+    return cli("--config", str(config), *args)
 
 
 @pytest.fixture
@@ -55,7 +53,8 @@ def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Data
     first = bgworkers(config, "db", "init")
     assert first.returncode == 0, first.stderr
     assert "core (" in first.stdout
-    assert "created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)" in first.stdout
+    assert ("created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)"
+            in first.stdout)
     assert "tenant" not in first.stdout  # no organizations yet
 
     add_orgs(dbs.core)

@@ -9,22 +9,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
+from helpers import DbUrls, build_world, write_settings
 
-from bgworkers import dbadmin
 from bgworkers.jobs.base import LeaseLost
 from bgworkers.leases import Leases
-from bgworkers.settings import load_settings
 from bgworkers.tenancy import Databases
 
 
 @pytest.fixture
 def dbs(db_urls: DbUrls, tmp_path: Path) -> Iterator[Databases]:
-    settings = load_settings(write_settings(tmp_path / "s.toml", db_urls))
-    databases = Databases(settings)
-    dbadmin.init(settings, databases, None, lambda _: None)
-    yield databases
-    databases.dispose()
+    world = build_world(write_settings(tmp_path / "s.toml", db_urls))
+    yield world.dbs
+    world.dbs.dispose()
 
 
 class Monotonic:
