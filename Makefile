@@ -14,7 +14,7 @@
 #   make uninstall  (root) remove what install added but /etc/bgworkers and /var/lib/bgworkers
 #
 # Knobs: PYTHON (interpreter for the venv, default python3.11 else python3),
-#        PYTEST_ARGS (e.g. make test PYTEST_ARGS='-m "not mariadb" -x'),
+#        PYTEST_ARGS (e.g. make test PYTEST_ARGS='-m "not mariadb" -x'; -n 0: no workers),
 #        SOAK_ARGS (pytest arguments of the soak test, in make test and make soak).
 
 SHELL := /bin/bash
@@ -40,18 +40,18 @@ test: system-deps venv
 	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
 	echo "== mypy"; \
 	$(BIN)/mypy || status=1; \
-	echo "== pytest (under coverage)"; \
+	echo "== pytest (under coverage, workers as pyproject.toml sets them)"; \
 	$(BIN)/coverage erase; \
-	$(BIN)/coverage run --branch --source=bgworkers -m pytest $(PYTEST_ARGS) || status=1; \
+	$(BIN)/python -m pytest --cov=bgworkers --cov-branch --cov-report= $(PYTEST_ARGS) || status=1; \
 	echo "== coverage"; \
 	$(BIN)/coverage report --skip-empty || true; \
 	echo "== soak test (three replicas, about 3 minutes)"; \
-	$(BIN)/python -m pytest tests/soak -s $(SOAK_ARGS) || status=1; \
+	$(BIN)/python -m pytest tests/soak -n 0 -s $(SOAK_ARGS) || status=1; \
 	if [ $$status -eq 0 ]; then echo "make test: OK"; else echo "make test: FAILED (see above)"; fi; \
 	exit $$status
 
 soak: system-deps venv
-	$(BIN)/python -m pytest tests/soak -s $(SOAK_ARGS)
+	$(BIN)/python -m pytest tests/soak -n 0 -s $(SOAK_ARGS)
 
 system-deps:
 	@bash tests/harness/install-system-deps.sh

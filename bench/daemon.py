@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from daemon_helpers import NotifyListener, events
+from bgworkers.harness import NotifyListener, events
 
 ROOT = Path(__file__).resolve().parents[1]
 BGWORKERS = [sys.executable, "-m", "bgworkers"]

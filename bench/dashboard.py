@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dashboard.py [--url mysql+mysqldb://root@127.0.0.1:PORT] [--demo]
 
-Without --url a throwaway server is started (tests/harness/mariadb.sh) and removed
+Without --url a throwaway server is started (bgworkers.harness) and removed
 afterwards.  With --url the databases (bgw_bench_<data>_core, bgw_bench_<data>_t_default)
 are kept there, so a second run skips the data.
 
@@ -22,39 +22,33 @@ the first does (the first, which records the whole week, is printed apart).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dashboard_tenant  # bench/, the script's own directory
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-
-import dashboard_tenant  # noqa: E402
-
-from bgworkers import dbadmin, limits  # noqa: E402
-from bgworkers.clock import FixedClock  # noqa: E402
-from bgworkers.db import ensure_database  # noqa: E402
-from bgworkers.demo import Profile, generate  # noqa: E402
-from bgworkers.jobs import dashboard  # noqa: E402
-from bgworkers.jobs.base import JobContext  # noqa: E402
-from bgworkers.jobs.dashboard_cycle import cycle_period  # noqa: E402
-from bgworkers.jobs.dashboard_now import QUEUED, RECENT, TEAM_WAITING  # noqa: E402
-from bgworkers.jobs.dashboard_sql import OPEN_ASSIGNMENT  # noqa: E402
-from bgworkers.logs import get_logger  # noqa: E402
-from bgworkers.schema import core  # noqa: E402
-from bgworkers.schema import tenant as t  # noqa: E402
-from bgworkers.settings import Settings, load_settings  # noqa: E402
-from bgworkers.tenancy import Databases, discover  # noqa: E402
+from bgworkers import dbadmin, limits
+from bgworkers.clock import FixedClock
+from bgworkers.db import ensure_database
+from bgworkers.demo import Profile, generate
+from bgworkers.harness import mariadb_server
+from bgworkers.jobs import dashboard
+from bgworkers.jobs.base import JobContext
+from bgworkers.jobs.dashboard_cycle import cycle_period
+from bgworkers.jobs.dashboard_now import QUEUED, RECENT, TEAM_WAITING
+from bgworkers.jobs.dashboard_sql import OPEN_ASSIGNMENT
+from bgworkers.logs import get_logger
+from bgworkers.schema import core
+from bgworkers.schema import tenant as t
+from bgworkers.settings import Settings, load_settings
+from bgworkers.tenancy import Databases, discover
 
 AT = datetime(2026, 1, 15, 6, 0)  # naive UTC anchor of the demo data
 PROFILE = Profile(
@@ -69,23 +63,6 @@ PROFILE = Profile(
 )
 SCALE = 200  # x 1000 serials
 FAST = ("mv_token_flow_summary", "mv_node_bottlenecks", "mv_team_workload")
-
-
-@contextmanager
-def server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    base = tempfile.mkdtemp(prefix="bgw-bench-", dir="/tmp")
-    harness = ROOT / "tests" / "harness" / "mariadb.sh"
-    env = dict(os.environ, MARIADB_OWNER_PID=str(os.getpid()))
-    started = subprocess.run(
-        ["bash", str(harness), "start", base], capture_output=True, text=True, check=True, env=env
-    )
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(harness), "stop", base], check=False)
 
 
 def settings_file(url: str, directory: Path, data: str) -> Path:
@@ -275,7 +252,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--demo", action="store_true", help="bgworkers.demo data instead")
     args = parser.parse_args()
-    with server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
+    with mariadb_server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(settings_file(url, Path(tmp), "demo" if args.demo else "spec"))
         dbs = Databases(settings, io_timeout=600)
         ensure_database(dbs.url(settings.database.core_url), settings.database)

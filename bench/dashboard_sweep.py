@@ -32,18 +32,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-
-from dashboard import server  # noqa: E402
-
-from bgworkers import dbadmin  # noqa: E402
-from bgworkers.demo import generate  # noqa: E402
-from bgworkers.logs import configure_logging  # noqa: E402
-from bgworkers.runner import Runner, TickResult  # noqa: E402
-from bgworkers.schema import tenant as t  # noqa: E402
-from bgworkers.settings import Settings, load_settings  # noqa: E402
-from bgworkers.tenancy import Databases, discover  # noqa: E402
+from bgworkers import dbadmin
+from bgworkers.demo import generate
+from bgworkers.harness import mariadb_server
+from bgworkers.logs import configure_logging
+from bgworkers.runner import Runner, TickResult
+from bgworkers.schema import tenant as t
+from bgworkers.settings import Settings, load_settings
+from bgworkers.tenancy import Databases, discover
 
 DEFAULT_MAX_CONNECTIONS = 151  # MariaDB's and MySQL's default
 
@@ -160,7 +156,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds over the counts (3)")
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.tenants.split(","))
-    with server(args.url) as url, tempfile.TemporaryDirectory() as tmp, \
+    with mariadb_server(args.url) as url, tempfile.TemporaryDirectory() as tmp, \
             open(Path(tmp) / "daemon.log", "w") as log:
         all_tenants = write_settings(Path(tmp) / "all.toml", url, [])
         # logged as the daemon logs (info, JSON): its cost is part of a tick's

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/demo_data.py [--scale 1000] [--keep]
 
-Starts a throwaway MariaDB with tests/harness/mariadb.sh (stopped and deleted
+Starts a throwaway MariaDB (bgworkers.harness; stopped and deleted
 at the end, also when the benchmark is killed), or uses the server of
 BGWORKERS_BENCH_MARIADB_URL (e.g. mysql+mysqldb://root@127.0.0.1:3306; its
 benchmark databases are dropped at the end unless --keep).  Prints the rows
@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,11 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from bgworkers.demo import PROFILE, generate
+from bgworkers.harness import MariaDB, MariaDBError
 from bgworkers.settings import DatabaseSettings, Settings
 from bgworkers.tenancy import Databases
 
-ROOT = Path(__file__).resolve().parent.parent
-HARNESS = ROOT / "tests" / "harness" / "mariadb.sh"
 URL_ENV = "BGWORKERS_BENCH_MARIADB_URL"
 TARGET_S = 120.0
 AT = datetime(2025, 11, 14, 9, 30)
@@ -48,24 +44,15 @@ def mariadb() -> Iterator[tuple[str, int | None]]:
     if configured:
         yield configured.rstrip("/"), None
         return
-    base = Path(tempfile.mkdtemp(prefix="bgw-bench-", dir="/tmp"))
-    env = dict(os.environ, MARIADB_OWNER_PID=str(os.getpid()))
-    proc = subprocess.run(
-        ["bash", str(HARNESS), "start", str(base)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        sys.exit(f"could not start MariaDB:\n{proc.stderr}")
+    server = MariaDB(owner_pid=os.getpid(), prefix="bgw-bench-")
     try:
-        pid = int((base / "mysqld.pid").read_text().strip())
-        yield proc.stdout.strip().splitlines()[-1], pid
+        url = server.start(timeout=180)
+    except MariaDBError as exc:
+        sys.exit(f"could not start MariaDB: {exc}")
+    try:
+        yield url, server.pid
     finally:
-        subprocess.run(["bash", str(HARNESS), "stop", str(base)], timeout=60, check=False)
+        server.remove()
 
 
 def cpu_seconds(pid: int | None) -> float | None:

@@ -15,7 +15,7 @@ MariaDB; then, each in a fresh subprocess so that its peak RSS is its own:
 Printed: both times at the largest size and their ratio (held to <= 2.0, and the
 check to <= 20 s), the peak RSS of the check at the largest and smallest sizes
 and their ratio (held to <= 1.25).  Without --server-url a throwaway server is
-started with tests/harness/mariadb.sh and stopped at the end.
+started (bgworkers.harness) and stopped at the end.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-HARNESS = ROOT / "tests" / "harness" / "mariadb.sh"
 AT = datetime(2025, 11, 20, 12, 0)  # demo anchor (naive UTC), also the job's clock
 CODE = "DEFAULT"
 LIMITS = {"ratio": 2.0, "seconds": 20.0, "rss_ratio": 1.25}
 
 
 def main() -> int:
+    from bgworkers.harness import MariaDBError, mariadb_server  # not in the measured children
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server-url", help="mysql+mysqldb://root@host:port (no database)")
     parser.add_argument("--sizes", default="250000,1000000", help="serials per run, ascending")
@@ -52,22 +52,14 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bgw-bench-", dir="/tmp") as tmp:
         base = Path(tmp)
-        server = args.server_url or _start_server(base / "mariadb")
         try:
-            results = {n: _measure(server, base, n, args.events, args.all_live) for n in sizes}
-        finally:
-            if not args.server_url:
-                subprocess.run(["bash", str(HARNESS), "stop", str(base / "mariadb")], check=False)
+            with mariadb_server(args.server_url) as server:
+                results = {n: _measure(server, base, n, args.events, args.all_live)
+                           for n in sizes}
+        except MariaDBError as exc:
+            sys.exit(f"could not start MariaDB: {exc}")
     _report(results)
     return 0
-
-
-def _start_server(datadir: Path) -> str:
-    proc = subprocess.run(["bash", str(HARNESS), "start", str(datadir)], capture_output=True,
-                          text=True, check=False, timeout=180)
-    if proc.returncode != 0:
-        sys.exit(f"could not start MariaDB:\n{proc.stderr}")
-    return proc.stdout.strip().splitlines()[-1]
 
 
 def _measure(server: str, base: Path, serials: int, events: int,
@@ -201,9 +193,7 @@ def _read(settings: Any, dbs: Any) -> dict[str, Any]:
 
 
 def _check(settings: Any, dbs: Any) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from jobs_helpers import make_context
-
+    from bgworkers.harness import make_context
     from bgworkers.jobs import serial_consistency
 
     ctx = make_context(settings, dbs, CODE, AT.replace(tzinfo=UTC), "serial_consistency")

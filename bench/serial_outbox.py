@@ -14,7 +14,7 @@ figure is the best round (noise only adds time), the median beside it.
                                             [--rows 10000] [--repeat 15]
 
 Without --url (or BGWORKERS_TEST_MARIADB_URL) a throwaway MariaDB is started
-(tests/harness/mariadb.sh) and removed afterwards.
+(bgworkers.harness) and removed afterwards.
 
 Exit status 1 when a target is missed.
 """
@@ -24,19 +24,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from bgworkers import dbadmin
 from bgworkers.clock import FixedClock
+from bgworkers.harness import mariadb_server
 from bgworkers.jobs import serial_outbox
 from bgworkers.jobs.base import JobContext
 from bgworkers.logs import get_logger
@@ -44,7 +41,6 @@ from bgworkers.schema import core, tenant
 from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, Tenant
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = 10_000
 REPEAT = 15
 SETTLE = 0.1  # seconds after a reset, before the clock starts
@@ -53,29 +49,6 @@ TARGET_RATE, TARGET_RATIO = 5_000, 3.0
 NOW = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
 ERP_NOW = datetime(2026, 1, 15, 10, 0)
 REG, OUT = core.serial_registry, tenant.serial_link_outbox
-
-
-@contextmanager
-def mariadb(url: str | None) -> Iterator[str]:
-    configured = url or os.environ.get("BGWORKERS_TEST_MARIADB_URL", "").strip()
-    if configured:
-        yield configured
-        return
-    base = tempfile.mkdtemp(prefix="bgw-bench-", dir="/tmp")
-    harness = ROOT / "tests" / "harness" / "mariadb.sh"
-    started = subprocess.run(
-        ["bash", str(harness), "start", base],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "MARIADB_OWNER_PID": str(os.getpid())},
-    )
-    if started.returncode != 0:
-        sys.exit(f"could not start MariaDB:\n{started.stderr}")
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(harness), "stop", base], check=False)
 
 
 def setup(server: str) -> tuple[Settings, Databases, list[str]]:
@@ -228,7 +201,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=REPEAT, help=f"rounds ({REPEAT})")
     args = parser.parse_args()
     ROWS, REPEAT = args.rows, args.repeat
-    with mariadb(args.url) as server:
+    url = args.url or os.environ.get("BGWORKERS_TEST_MARIADB_URL", "").strip()
+    with mariadb_server(url or None) as server:
         settings, dbs, serials = setup(server)
         try:
             times = measure(

@@ -454,7 +454,9 @@ def _command(argv: list[str]) -> str | None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace | int:
-    """Parsed arguments; for `status`, bad usage is UNKNOWN (3), said on stdout too."""
+    """Parsed arguments, or the exit status when there is nothing to run: 0 after --help
+    or --version, 2 for bad usage (for `status` UNKNOWN, 3, said on stdout too).  argparse
+    exits; this returns, so that `main` can be called in a process that goes on."""
     argv = sys.argv[1:] if argv is None else argv
     errors = io.StringIO()
     try:
@@ -466,12 +468,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace | int:
             message = errors.getvalue().strip().splitlines()[-1:] or ["bad usage"]
             print(f"BGWORKERS UNKNOWN - {message[0]}")
             return 3
-        raise
+        return exc.code if isinstance(exc.code, int) else 0
     sys.stderr.write(errors.getvalue())
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line; its exit status is returned, never raised."""
     args = _parse(argv)
     if isinstance(args, int):
         return args

@@ -5,7 +5,8 @@ Taking one is a single INSERT (free) or a single guarded UPDATE (expired);
 both are atomic, so two contenders cannot both win. The holder renews every
 third of the TTL from a background thread; a run whose renewal failed, or
 that has not renewed for a whole TTL, has lost its lease and must stop before
-its next write (`Lease.check`).
+its next write (`Lease.check`).  That local check reads a monotonic clock, given to
+`Leases` (time.monotonic unless a test moves its own).
 """
 
 from __future__ import annotations
@@ -33,24 +34,30 @@ class Lease:
     tenant: str
     token: str
     ttl: float
-    renewed: float = field(default_factory=time.monotonic)  # monotonic time of last renewal
+    monotonic: Callable[[], float] = time.monotonic  # the clock of `renewed` and `check`
+    renewed: float = field(init=False)  # monotonic time of the last renewal (or acquiring)
     lost: threading.Event = field(default_factory=threading.Event)
     previous: str | None = None  # token of the expired holder this lease took over from
+
+    def __post_init__(self) -> None:
+        self.renewed = self.monotonic()
 
     def check(self) -> None:
         if self.lost.is_set():
             raise LeaseLost(f"lease {self.group}/{self.tenant} was taken over or expired")
-        if time.monotonic() - self.renewed >= self.ttl:
+        if self.monotonic() - self.renewed >= self.ttl:
             raise LeaseLost(f"lease {self.group}/{self.tenant} not renewed for {self.ttl:g}s")
 
 
 class Leases:
     """Acquire, renew (in the background) and release leases in the coordination DB."""
 
-    def __init__(self, engine: Callable[[], Engine], holder: str, ttl: float) -> None:
+    def __init__(self, engine: Callable[[], Engine], holder: str, ttl: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
         self.holder = holder
         self.ttl = ttl
+        self.monotonic = monotonic
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -69,7 +76,7 @@ class Leases:
         bind = conn if conn is not None else self._engine()
         values = {"holder": self.holder, "token": token, "acquired_at": db_now(bind),
                   "expires_at": db_now(bind, self.ttl)}
-        lease = Lease(group, tenant, token, self.ttl)
+        lease = Lease(group, tenant, token, self.ttl, self.monotonic)
         with transaction(bind) as tx:
             try:
                 tx.execute(insert(lease_table).values(lease_group=group, tenant=tenant,
@@ -123,7 +130,7 @@ class Leases:
             return
         engine = self._engine()
         for lease in held:
-            started = time.monotonic()
+            started = self.monotonic()
             try:  # a renewal later than a third of the TTL is worth nothing more
                 with limits.limited(self.ttl / 3), engine.begin() as conn:
                     renewed = conn.execute(update(lease_table).where(

@@ -1,27 +1,9 @@
-"""Build a JobContext for calling a job's `run` directly (tests and benchmarks)."""
+"""Jobs in tests: alert levels, serials, table checksums (a job's context: bgworkers.harness)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
-
-from bgworkers.clock import FixedClock
-from bgworkers.jobs.base import JobContext
-from bgworkers.logs import get_logger
-from bgworkers.settings import Settings
-from bgworkers.tenancy import Databases, discover
-
-
-def make_context(settings: Settings, dbs: Databases, tenant_code: str, now: datetime,
-                 job: str, dry_run: bool = False) -> JobContext:
-    """A context for one active tenant at a fixed aware time `now`."""
-    tenants, _ = discover(settings, dbs.core)
-    tenant = next((t for t in tenants if t.code == tenant_code), None)
-    if tenant is None:
-        raise LookupError(f"{tenant_code!r} is not an active tenant in core organization")
-    return JobContext(job=job, tenant=tenant, settings=settings, dbs=dbs,
-                      clock=FixedClock(now), log=get_logger(), dry_run=dry_run)
 
 
 def alert_level(job: str, counters: Mapping[str, int]) -> str:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import NotifyListener, daemon, events, heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import daemon, heartbeat_settings, runs
+from helpers import DbUrls, MakeWorld
 
+from bgworkers.harness import NotifyListener, events
 from bgworkers.schema import own
 
 
@@ -41,9 +42,10 @@ def wait_until(condition: object, timeout: float = 15.0) -> None:
 
 
 def test_lifecycle_ready_watchdog_reload_stop(urls: DbUrls, tmp_path: Path,
-                                              listener: NotifyListener) -> None:
+                                              listener: NotifyListener,
+                                              make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s")
-    tenant_setup(urls, config, ["DEFAULT", "maison_atelier"])
+    make_world(config, ["DEFAULT", "maison_atelier"])
     log = tmp_path / "daemon.log"
     env = {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "2000000"}
     with daemon(config, env, log) as proc:
@@ -88,9 +90,10 @@ def test_lifecycle_ready_watchdog_reload_stop(urls: DbUrls, tmp_path: Path,
 
 
 def test_stop_waits_for_running_tenant_runs(urls: DbUrls, tmp_path: Path,
-                                            listener: NotifyListener) -> None:
+                                            listener: NotifyListener,
+                                            make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="3s")
-    tenant_setup(urls, config, ["DEFAULT"])
+    make_world(config, ["DEFAULT"])
     with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:
         listener.wait_for("READY")
         wait_until(lambda: any(r.status == "running" for r in runs(urls.core_url)))
@@ -105,9 +108,9 @@ def test_stop_waits_for_running_tenant_runs(urls: DbUrls, tmp_path: Path,
 
 
 def test_second_signal_exits_at_once(urls: DbUrls, tmp_path: Path,
-                                     listener: NotifyListener) -> None:
+                                     listener: NotifyListener, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="60s")
-    tenant_setup(urls, config, ["DEFAULT"])
+    make_world(config, ["DEFAULT"])
     log = tmp_path / "d.log"
     with daemon(config, {"NOTIFY_SOCKET": listener.path}, log) as proc:
         listener.wait_for("READY")
@@ -131,9 +134,9 @@ def test_bad_settings_at_start_exit_2(tmp_path: Path, urls: DbUrls) -> None:
 
 
 def test_a_notify_receiver_that_stops_reading_does_not_stall_jobs(
-        urls: DbUrls, tmp_path: Path, listener: NotifyListener) -> None:
+        urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s")
-    tenant_setup(urls, config, ["DEFAULT"])
+    make_world(config, ["DEFAULT"])
     listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # fills at once
     log = tmp_path / "d.log"
     with daemon(config, {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "500000"},
@@ -146,7 +149,8 @@ def test_a_notify_receiver_that_stops_reading_does_not_stall_jobs(
 
 
 def test_metrics_endpoint_of_a_running_daemon(urls: DbUrls, tmp_path: Path,
-                                              listener: NotifyListener) -> None:
+                                              listener: NotifyListener,
+                                              make_world: MakeWorld) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -157,7 +161,7 @@ listen = "127.0.0.1:{port}"
 enabled = true
 every = "1h"
 """)
-    tenant_setup(urls, config, ["DEFAULT"], erp_schema=True)
+    make_world(config, ["DEFAULT"], erp_schema=True)
     with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:
         listener.wait_for("READY")
 
@@ -183,9 +187,9 @@ every = "1h"
 
 
 def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
-        urls: DbUrls, tmp_path: Path, listener: NotifyListener) -> None:
+        urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="60s")
-    tenant_setup(urls, config, ["DEFAULT", "maison_atelier"])
+    make_world(config, ["DEFAULT", "maison_atelier"])
     log = tmp_path / "d.log"
     env = {"NOTIFY_SOCKET": listener.path, "BGWORKERS_SCHEDULER__SHUTDOWN_GRACE": "1s"}
     with daemon(config, env, log) as proc:
@@ -210,10 +214,10 @@ def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
 
 
 def test_catch_up_runs_the_tick_missed_while_no_daemon_ran(
-        urls: DbUrls, tmp_path: Path, listener: NotifyListener) -> None:
+        urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1h",
                                 extra="catch_up = true\n")
-    tenant_setup(urls, config, ["DEFAULT", "maison_atelier", "newcomer"])
+    make_world(config, ["DEFAULT", "maison_atelier", "newcomer"])
     now = datetime.now(UTC)
     if now.minute == 59 and now.second > 50:  # keep the hour from turning mid-test
         time.sleep(11)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import OwnServer, daemon, events, heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import daemon, heartbeat_settings, runs
+from helpers import DbUrls, MakeWorld
+
+from bgworkers.harness import MariaDB, events
 
 pytestmark = pytest.mark.mariadb
 
@@ -27,7 +29,7 @@ TENANTS = ["DEFAULT", "maison_atelier", "atelier_3"]
 
 
 def test_a_database_restart_mid_tick_leaves_a_whole_and_true_history(
-        own_mariadb: OwnServer, tmp_path: Path) -> None:
+        own_mariadb: MariaDB, tmp_path: Path, make_world: MakeWorld) -> None:
     url = own_mariadb.url
     urls = DbUrls("mariadb", f"{url}/bgw_restart_core?charset=utf8mb4",
                   f"{url}/bgw_restart_t_{{code_lower}}?charset=utf8mb4")
@@ -36,7 +38,7 @@ def test_a_database_restart_mid_tick_leaves_a_whole_and_true_history(
         conn.exec_driver_sql("CREATE DATABASE bgw_restart_core")
     engine.dispose()
     config = heartbeat_settings(tmp_path / "s.toml", urls, every="1s", hold="1500ms")
-    tenant_setup(urls, config, TENANTS)
+    make_world(config, TENANTS)
     log = tmp_path / "d.log"
     with daemon(config, log=log) as proc:
         deadline = time.monotonic() + 20

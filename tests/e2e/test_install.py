@@ -196,7 +196,8 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
                        timeout=90, check=False, capture_output=True)
 
 
-pytestmark = pytest.mark.root
+# One sandbox for the module, its tests in file order: on one worker.
+pytestmark = [pytest.mark.root, pytest.mark.xdist_group("install-sandbox")]
 
 
 def test_install_layout(box: Box) -> None:

@@ -22,6 +22,7 @@ SECRET = "s3cret-Pa55"
 
 EMIT = f"""
 import sys
+from bgworkers.harness import events
 from bgworkers.logs import configure_logging, get_logger, log_context
 from bgworkers.settings import LoggingSettings
 

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import NotifyListener, daemon, heartbeat_settings, tenant_setup
-from helpers import DbUrls, require
+from daemon_helpers import daemon, heartbeat_settings
+from helpers import DbUrls, MakeWorld, require
+
+from bgworkers.harness import NotifyListener
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "bgworkers.rules.yml"
@@ -110,7 +112,7 @@ def test_every_rule_has_for_severity_summary_and_description_and_a_test() -> Non
 
 
 @pytest.fixture
-def scrape(tmp_path: Path) -> Iterator[str]:
+def scrape(tmp_path: Path, make_world: MakeWorld) -> Iterator[str]:
     """The text of /metrics of a running daemon (heartbeat every 1 s, outbox watch on)."""
     urls = DbUrls("sqlite", f"sqlite:///{tmp_path}/core.db",
                   f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db")
@@ -124,7 +126,7 @@ listen = "127.0.0.1:{port}"
 enabled = true
 every = "1h"
 """)
-    tenant_setup(urls, config, ["DEFAULT", "maison_atelier"], erp_schema=True)
+    make_world(config, ["DEFAULT", "maison_atelier"], erp_schema=True)
     listener = NotifyListener()
     try:
         with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:

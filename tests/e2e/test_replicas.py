@@ -12,8 +12,10 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from daemon_helpers import daemon, events, heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import daemon, heartbeat_settings, runs
+from helpers import DbUrls, MakeWorld
+
+from bgworkers.harness import events
 
 pytestmark = pytest.mark.mariadb
 
@@ -22,18 +24,19 @@ TENANTS = [f"atelier_{i:02d}" for i in range(12)]
 
 @pytest.fixture
 def urls(mariadb_server_url: str, request: pytest.FixtureRequest) -> DbUrls:
-    from conftest import _mariadb_urls
+    from conftest import mariadb_urls
 
-    generator = _mariadb_urls(mariadb_server_url)
+    generator = mariadb_urls(mariadb_server_url)
     request.addfinalizer(lambda: next(generator, None))
     return next(generator)
 
 
-def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_path: Path) -> None:
+def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_path: Path,
+                                                            make_world: MakeWorld) -> None:
     # Runs hold their lease 1.3 s while the job fires every second: consecutive ticks
     # of a tenant contend, on one daemon and across the two.
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="1.3s")
-    tenant_setup(urls, config, TENANTS)
+    make_world(config, TENANTS)
     with daemon(config, log=tmp_path / "a.log") as a, daemon(config, log=tmp_path / "b.log") as b:
         # and an operator's run-once beside them, again and again
         manual = 0
@@ -69,10 +72,11 @@ def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_pa
     assert set(held) == {("heartbeat", t) for t in TENANTS}
 
 
-def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path) -> None:
+def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path,
+                                                   make_world: MakeWorld) -> None:
     codes = ["DEFAULT"]
     holder = heartbeat_settings(tmp_path / "holder.toml", urls, every="1s", hold="120s")
-    tenant_setup(urls, holder, codes)
+    make_world(holder, codes)
     with daemon(holder, log=tmp_path / "holder.log") as first:
         deadline = time.monotonic() + 20
         while not any(r.status == "running" for r in runs(urls.core_url)):
@@ -106,11 +110,11 @@ def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path)
 
 
 def test_a_frozen_holder_resumed_after_a_takeover_leaves_the_record_alone(
-        urls: DbUrls, tmp_path: Path) -> None:
+        urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
     """The successor's `abandoned` row is final: the late end of the frozen run
     does not overwrite it, and nothing in history shows overlapping runs."""
     holder = heartbeat_settings(tmp_path / "holder.toml", urls, every="1s", hold="8s")
-    tenant_setup(urls, holder, ["DEFAULT"])
+    make_world(holder, ["DEFAULT"])
     taker = heartbeat_settings(tmp_path / "taker.toml", urls, every="1s", hold="0s")
     with daemon(holder, log=tmp_path / "holder.log") as frozen:
         deadline = time.monotonic() + 20

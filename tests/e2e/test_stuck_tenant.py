@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,32 +20,28 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import daemon, runs, tenant_setup
-from helpers import DbUrls, write_settings
+from daemon_helpers import daemon, runs
+from helpers import DbUrls, MakeWorld, write_settings
 from sqlalchemy.pool import NullPool
 
+from bgworkers.harness import MariaDB
 from bgworkers.jobs import REGISTRY
 
 pytestmark = pytest.mark.mariadb
 
-HARNESS = Path(__file__).parent.parent / "harness" / "mariadb.sh"
 EVERY, LIMIT, STUCK = 5, 2, 12  # seconds
 
 
 @pytest.fixture
 def second_server() -> Iterator[tuple[str, int]]:
     """Another throwaway MariaDB: (server URL, pid of mariadbd)."""
-    base = Path(tempfile.mkdtemp(prefix="bgw-stuck-", dir="/tmp"))
-    env = dict(os.environ, MARIADB_OWNER_PID=str(os.getpid()))
-    started = subprocess.run(["bash", str(HARNESS), "start", str(base)], capture_output=True,
-                             text=True, timeout=120, env=env, check=True)
-    pid = int(next(line.split("=", 1)[1].strip("'") for line in
-                   (base / "env").read_text().splitlines() if line.startswith("MARIADB_PID=")))
+    server = MariaDB(owner_pid=os.getpid(), prefix="bgw-stuck-")
+    url = server.start()
     try:
-        yield started.stdout.strip().splitlines()[-1], pid
+        yield url, server.pid
     finally:
-        os.kill(pid, signal.SIGCONT)
-        subprocess.run(["bash", str(HARNESS), "stop", str(base)], timeout=60, check=False)
+        os.kill(server.pid, signal.SIGCONT)
+        server.remove()
 
 
 def wait_for(condition: Any, timeout: float) -> None:
@@ -67,7 +61,8 @@ def ok_after(core_url: str, tenant: str, after: datetime) -> bool:
 @pytest.mark.parametrize("db_urls", ["mariadb"], indirect=True)
 @pytest.mark.parametrize("how", ["frozen", "locked"])
 def test_a_stuck_tenant_times_out_and_the_others_run_every_tick(
-        db_urls: DbUrls, tmp_path: Path, second_server: tuple[str, int], how: str) -> None:
+        db_urls: DbUrls, tmp_path: Path, second_server: tuple[str, int], how: str,
+        make_world: MakeWorld) -> None:
     server_url, server_pid = second_server
     stuck_url = f"{server_url}/bgw_stuck_tenant?charset=utf8mb4"
     others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
@@ -82,7 +77,7 @@ misfire_grace = "2s"
 [tenants.urls]
 stuck = "{stuck_url}"
 """)
-    tenant_setup(db_urls, config, ["DEFAULT", "maison_atelier", "stuck"], erp_schema=True)
+    make_world(config, ["DEFAULT", "maison_atelier", "stuck"], erp_schema=True)
     begin = datetime.now(UTC).replace(tzinfo=None)
     locker = sa.create_engine(stuck_url, poolclass=NullPool)
     with daemon(config, log=tmp_path / "daemon.log") as proc:

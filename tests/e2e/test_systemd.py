@@ -44,7 +44,8 @@ OTHER_JOBS = (
 GRACE_S = 30  # scheduler.shutdown_grace default
 T = TypeVar("T")
 
-pytestmark = pytest.mark.root
+# One sandbox for the module, its tests in file order: on one worker.
+pytestmark = [pytest.mark.root, pytest.mark.xdist_group("systemd-sandbox")]
 
 # systemd forgets a stopped unit's exit status when it unloads the unit; this logs it.
 EXIT_DROPIN = (

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import tenant_setup
 from dashboard_data import (
     BOTTLENECKS,
     CYCLE,
@@ -33,11 +32,12 @@ from dashboard_data import (
     load,
     token_row,
 )
-from helpers import DbUrls, write_settings
-from jobs_helpers import alert_level, make_context
+from helpers import DbUrls, build_world, write_settings
+from jobs_helpers import alert_level
 from structlog.testing import capture_logs
 
 from bgworkers.clock import FixedClock
+from bgworkers.harness import make_context
 from bgworkers.jobs import dashboard
 from bgworkers.jobs.base import JobContext, LeaseLost
 from bgworkers.jobs.dashboard_sql import Moment
@@ -45,7 +45,7 @@ from bgworkers.jobs.dashboard_trends import rewrite_from
 from bgworkers.runner import Runner
 from bgworkers.schema import own
 from bgworkers.schema import tenant as t
-from bgworkers.settings import Settings, load_settings
+from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases
 
 TIERS = ("dashboard_fast", "dashboard_medium", "dashboard_slow")
@@ -82,8 +82,8 @@ delete_batch = 2
 def make_env(db_urls: DbUrls, directory: Path) -> Env:
     directory.mkdir(parents=True, exist_ok=True)
     config = write_settings(directory / "settings.toml", db_urls, SETTINGS)
-    tenant_setup(db_urls, config, ["DEFAULT"], erp_schema=True)
-    environment = Env(load_settings(config), Databases(load_settings(config)))
+    world = build_world(config, ["DEFAULT"], erp_schema=True)
+    environment = Env(world.settings, world.dbs)
     load(environment.db)
     return environment
 

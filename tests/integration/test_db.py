@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
+from helpers import CliResult, DbUrls, write_settings
+from helpers import bgworkers as cli
 
 from bgworkers.db import ensure_database
 from bgworkers.schema import core, tenant
@@ -29,9 +28,8 @@ ORGS = [
 ]
 
 
-def bgworkers(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bgworkers", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+def bgworkers(config: Path, *args: str) -> CliResult:
+    return cli("--config", str(config), *args)
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
+from helpers import DbUrls, build_world, write_settings
 
 from bgworkers import dbadmin
 from bgworkers.demo import DEMO_SALTS, generate, planted_counts
 from bgworkers.schema import core, own, tenant
 from bgworkers.serials import Kind, classify, compile_patterns, parse_standard
-from bgworkers.settings import Settings, load_settings
+from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, discover
 
 AT = datetime(2025, 11, 14, 9, 30)  # naive UTC
@@ -41,12 +41,13 @@ JOB_TABLES = {
 class Demo:
     settings: Settings
     dbs: Databases
+    urls: DbUrls
+    directory: Path
     lines: list[str] = field(default_factory=list)
 
     def run(self, **kwargs: Any) -> int:
         self.lines.clear()
-        args: dict[str, Any] = {"tenants": 2, "scale": 1.0, "seed": 7, "at": AT}
-        return generate(self.settings, self.dbs, **{**args, **kwargs}, out=self.lines.append)
+        return generate(self.settings, self.dbs, **{**ARGS, **kwargs}, out=self.lines.append)
 
     def planted(self, code: str) -> dict[str, int]:
         line = next(x for x in self.lines if x.startswith(f"demo-data: tenant {code} planted:"))
@@ -57,16 +58,33 @@ class Demo:
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.split("rows:")[1])}
 
 
-def _demo(urls: DbUrls, directory: Path) -> Demo:
+ARGS: dict[str, Any] = {"tenants": 2, "scale": 1.0, "seed": 7, "at": AT}
+
+
+def _demo(urls: DbUrls, directory: Path, **kwargs: Any) -> Demo:
+    """Demo data generated with ARGS (and `kwargs`) in `urls`' databases."""
     directory.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(write_settings(directory / "settings.toml", urls))
-    return Demo(settings, Databases(settings))
+    world = build_world(write_settings(directory / "settings.toml", urls),
+                        demo={**ARGS, **kwargs})
+    return Demo(world.settings, world.dbs, urls, directory, world.lines)
+
+
+#: The tests reading the module's demo data run on one worker: it is generated once.
+SHARED = pytest.mark.xdist_group("demo-data")
+
+
+@pytest.fixture(scope="module")
+def demo(module_db_urls: DbUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """The demo data of ARGS, generated once per backend for the tests that only read it."""
+    made = _demo(module_db_urls, tmp_path_factory.mktemp("demo"))
+    yield made
+    made.dbs.dispose()
 
 
 @pytest.fixture
-def demo(db_urls: DbUrls, tmp_path: Path) -> Iterator[Demo]:
+def own_demo(db_urls: DbUrls, tmp_path: Path) -> Iterator[Demo]:
+    """The demo data of ARGS, for a test that changes it."""
     made = _demo(db_urls, tmp_path)
-    assert made.run() == 0, "\n".join(made.lines)
     yield made
     made.dbs.dispose()
 
@@ -98,7 +116,8 @@ def _count(engine: sa.Engine, table: sa.Table) -> int:
 # ---------------------------------------------------------------- organizations, tables
 
 
-def test_organizations_and_databases(demo: Demo, db_urls: DbUrls, tmp_path: Path) -> None:
+@SHARED
+def test_organizations_and_databases(demo: Demo) -> None:
     org = core.organization
     rows = _all(
         demo.dbs.core,
@@ -114,8 +133,8 @@ def test_organizations_and_databases(demo: Demo, db_urls: DbUrls, tmp_path: Path
     tenants, problems = discover(demo.settings, demo.dbs.core)
     assert [t.code for t in tenants] == ["DEFAULT", "maison_atelier"] and not problems
     # The inactive organization gets no database.
-    if db_urls.backend == "sqlite":
-        assert not (tmp_path / "tenant_closed_atelier.db").exists()
+    if demo.urls.backend == "sqlite":
+        assert not (demo.directory / "tenant_closed_atelier.db").exists()
     else:
         with demo.dbs.core.connect() as conn:
             names = set(conn.execute(sa.text("SHOW DATABASES")).scalars())
@@ -123,6 +142,7 @@ def test_organizations_and_databases(demo: Demo, db_urls: DbUrls, tmp_path: Path
     assert any("done: 2 tenant(s)" in line for line in demo.lines)
 
 
+@SHARED
 def test_every_erp_table_is_filled(demo: Demo) -> None:
     for code, (org_id, _) in TENANTS.items():
         engine = demo.dbs.tenant(code)
@@ -154,6 +174,7 @@ def _live_or_not_pieces(engine: sa.Engine) -> int:
         )
 
 
+@SHARED
 def test_token_statuses_types_and_histories(demo: Demo) -> None:
     ft, ev, asg = tenant.flow_token, tenant.token_event, tenant.token_assignment
     engine = demo.dbs.tenant("DEFAULT")
@@ -214,6 +235,7 @@ def test_token_statuses_types_and_histories(demo: Demo) -> None:
     assert open_visits > 20
 
 
+@SHARED
 def test_time_zones(demo: Demo) -> None:
     """Serial tables are UTC, the others Asia/Bangkok (UTC+7), all anchored on `at`."""
     jts, ft = tenant.job_ticket_serial, tenant.flow_token
@@ -235,6 +257,7 @@ def test_time_zones(demo: Demo) -> None:
 # ---------------------------------------------------------------- planted cases
 
 
+@SHARED
 def test_planted_counts_are_what_the_data_shows(demo: Demo) -> None:
     expected = planted_counts(1000, 0.001)
     everything = {r.serial_code: r for r in _all(demo.dbs.core, sa.select(core.serial_registry))}
@@ -335,6 +358,7 @@ def _findings(
     return dict(found)
 
 
+@SHARED
 def test_consistency_of_core_links(demo: Demo) -> None:
     """A linked registry row links the first token with its serial (mismatch: a scrapped one)."""
     reg, ft = core.serial_registry, tenant.flow_token
@@ -382,10 +406,10 @@ def _fingerprint(demo: Demo) -> dict[str, str]:
     return prints
 
 
-def test_same_seed_and_at_give_the_same_rows(demo: Demo, db_urls: DbUrls, tmp_path: Path) -> None:
-    twin = _demo(_second_set(db_urls, tmp_path), tmp_path / "twin")
+@SHARED
+def test_same_seed_and_at_give_the_same_rows(demo: Demo, tmp_path: Path) -> None:
+    twin = _demo(_second_set(demo.urls, tmp_path), tmp_path / "twin")
     try:
-        assert twin.run() == 0, "\n".join(twin.lines)
         assert _fingerprint(twin) == _fingerprint(demo)
         assert twin.run(reset=True, seed=8) == 0
         differ = [k for k, v in _fingerprint(twin).items() if _fingerprint(demo)[k] != v]
@@ -394,7 +418,8 @@ def test_same_seed_and_at_give_the_same_rows(demo: Demo, db_urls: DbUrls, tmp_pa
         twin.dbs.dispose()
 
 
-def test_refuses_without_reset_then_reset_starts_over(demo: Demo) -> None:
+def test_refuses_without_reset_then_reset_starts_over(own_demo: Demo) -> None:
+    demo = own_demo
     before = _count(demo.dbs.tenant("DEFAULT"), tenant.flow_token)
     assert demo.run() == 2
     assert any("refused" in line and "--reset" in line for line in demo.lines)
@@ -424,9 +449,8 @@ def test_refuses_without_reset_then_reset_starts_over(demo: Demo) -> None:
 
 
 def test_progress_lines_while_generation_runs_long(db_urls: DbUrls, tmp_path: Path) -> None:
-    made = _demo(db_urls, tmp_path)
+    made = _demo(db_urls, tmp_path, tenants=3, progress_every=0.05)
     try:
-        assert made.run(tenants=3, progress_every=0.05) == 0
         progress = [line for line in made.lines if line.startswith("demo-data: progress: ")]
         assert progress, made.lines
         assert re.fullmatch(r"demo-data: progress: [0-3]/3 tenants done, [\d,]+ rows written, "
@@ -437,6 +461,7 @@ def test_progress_lines_while_generation_runs_long(db_urls: DbUrls, tmp_path: Pa
         made.dbs.dispose()
 
 
+@SHARED
 def test_db_check_passes_after_generation(demo: Demo) -> None:
     lines: list[str] = []
     assert dbadmin.check(demo.settings, demo.dbs, lines.append) == 0, lines
@@ -449,9 +474,8 @@ def test_db_check_passes_after_generation(demo: Demo) -> None:
 def test_sixty_tenants_each_get_their_data(db_urls: DbUrls, tmp_path: Path) -> None:
     """Serials that carry no tenant prefix by design (LOT-, MO-, TEMP-, legacy) still differ
     between tenants: the registry's unique serial_code must never collide."""
-    many = _demo(db_urls, tmp_path)
+    many = _demo(db_urls, tmp_path, tenants=60, scale=0.2)
     try:
-        assert many.run(tenants=60, scale=0.2) == 0, "\n".join(many.lines[-5:])
         tenants, problems = discover(many.settings, many.dbs.core)
         assert len(tenants) == 60 and not problems
         reg = core.serial_registry

@@ -16,11 +16,12 @@ import erp_fixture as erp
 import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, write_settings
-from jobs_helpers import make_context, table_digest
+from jobs_helpers import table_digest
 
 from bgworkers import dbadmin
 from bgworkers.clock import FixedClock
 from bgworkers.db import ensure_database
+from bgworkers.harness import make_context
 from bgworkers.jobs import dashboard
 from bgworkers.runner import Runner
 from bgworkers.settings import Settings, load_settings

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,13 +17,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
-from jobs_helpers import bad_check, make_context, std, table_digest
+from helpers import DbUrls, bgworkers, build_world, write_settings
+from jobs_helpers import bad_check, std, table_digest
 
-from bgworkers import dbadmin
 from bgworkers.clock import FixedClock
 from bgworkers.demo import DEMO_SALT_VERSION, DEMO_SALTS, generate
 from bgworkers.explain import explain, gather, read_only
+from bgworkers.harness import make_context
 from bgworkers.jobs import serial_consistency
 from bgworkers.jobs.serial_consistency import OUTCOME_COUNTERS
 from bgworkers.schema import core, tenant
@@ -161,32 +158,28 @@ def world(db_urls: DbUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.setenv(SALTS_ENV, json.dumps({"hatthasilpa:1": SALT_HAT}))
     config = write_settings(tmp_path / "settings.toml", db_urls)
-    settings = load_settings(config)
-    dbs = Databases(settings)
+    built = build_world(config, [
+        {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
+         "org_serial_code": "BLVR"},
+        {"id_org": 2, "code": "maison_atelier", "name": "Maison Atelier", "status": "1",
+         "org_serial_code": "MAIS"},
+        {"id_org": 3, "code": "closed", "name": "Closed", "status": "inactive",
+         "org_serial_code": "CLSD"}], erp_schema=True)
     try:
-        _populate(settings, dbs)
-        yield World(settings, dbs, config, db_urls)
+        _populate(built.dbs)
+        yield World(built.settings, built.dbs, config, db_urls)
     finally:
-        dbs.dispose()
+        built.dbs.dispose()
 
 
-def _populate(settings: Settings, dbs: Databases) -> None:
-    assert dbadmin.init(settings, dbs, None, lambda _: None) == 0
+def _populate(dbs: Databases) -> None:
     with dbs.core.begin() as conn:
-        conn.execute(sa.insert(core.organization), [
-            {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
-             "org_serial_code": "BLVR"},
-            {"id_org": 2, "code": "maison_atelier", "name": "Maison Atelier", "status": "1",
-             "org_serial_code": "MAIS"},
-            {"id_org": 3, "code": "closed", "name": "Closed", "status": "inactive",
-             "org_serial_code": "CLSD"}])
         conn.execute(sa.insert(core.serial_registry), [
             {"serial_code": serial, "tenant_id": tid, "org_code": "BLVR",
              "production_type": ptype, "sku": "BAG01", "job_ticket_id": 1, "dag_token_id": dag,
              "hash_signature": hash_signature(serial if good else serial + "x", SALT_HAT),
              "hash_salt_version": version, "checksum": serial[-1], "created_at": OLD}
             for serial, (tid, ptype, dag, version, good) in REGISTRY.items()])
-    assert dbadmin.init(settings, dbs, None, lambda _: None) == 0
     with dbs.tenant("DEFAULT").begin() as conn:
         conn.execute(sa.insert(tenant.routing_node), [
             {"id_node": 3, "id_graph": 1, "node_code": "CUT", "node_name": "Cutting",
@@ -372,17 +365,13 @@ def test_read_only_connections_refuse_writes(world: World) -> None:
 
 
 def test_cli(world: World) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-    env[SALTS_ENV] = json.dumps({"hatthasilpa:1": SALT_HAT})
-    command = [sys.executable, "-m", "bgworkers", "explain", "--config", str(world.config)]
-    done = subprocess.run([*command, S["core"], "--tenant", "DEFAULT", "--json"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    config = ("--config", str(world.config))
+    done = bgworkers("explain", *config, S["core"], "--tenant", "DEFAULT", "--json", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     facts = json.loads(done.stdout)
     assert list(facts["tenants"]) == ["DEFAULT"]
     assert conclusions(facts)[0][2] == "missing_core_link"
-    done = subprocess.run([*command, "NOPE-0001"], env=env, capture_output=True, text=True,
-                          timeout=60, check=False, cwd=ROOT)
+    done = bgworkers("explain", *config, "NOPE-0001", cwd=ROOT)
     assert done.returncode == 1, done.stderr
     assert "nothing is known about this serial" in done.stdout
 

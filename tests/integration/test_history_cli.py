@@ -10,10 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, tenant_setup
-from helpers import DbUrls, write_settings
+from daemon_helpers import heartbeat_settings
+from helpers import DbUrls, MakeWorld, bgworkers, write_settings
 
-from bgworkers.cli import main
 from bgworkers.schema.own import run
 
 H = timedelta(hours=1)
@@ -43,9 +42,9 @@ def now() -> datetime:
 
 
 @pytest.fixture
-def config(db_urls: DbUrls, tmp_path: Path, now: datetime) -> Path:
+def config(db_urls: DbUrls, tmp_path: Path, now: datetime, make_world: MakeWorld) -> Path:
     path = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, path, ["alpha", "beta"])
+    make_world(path, ["alpha", "beta"])
     add(db_urls.core_url, now, [
         ("heartbeat", "alpha", "ok", 5 * H, None),
         ("heartbeat", "beta", "failed", 1 * H, TRACEBACK),
@@ -58,8 +57,8 @@ def config(db_urls: DbUrls, tmp_path: Path, now: datetime) -> Path:
 
 
 def history(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(["history", "--config", str(config), *args])
-    return code, capsys.readouterr().out
+    done = bgworkers("history", "--config", str(config), *args)
+    return done.returncode, done.stdout
 
 
 def history_json(config: Path, capsys: pytest.CaptureFixture[str],
@@ -149,10 +148,8 @@ def test_bad_usage_exits_2_and_says_why(tmp_path: Path, capsys: pytest.CaptureFi
                                         args: list[str], says: str) -> None:
     config = tmp_path / "s.toml"
     config.write_text("")
-    with pytest.raises(SystemExit) as exit_:
-        main(["history", "--config", str(config), *args])
-    assert exit_.value.code == 2
-    assert says in capsys.readouterr().err
+    done = bgworkers("history", "--config", str(config), *args)
+    assert done.returncode == 2 and says in done.stderr
 
 
 def test_unreadable_history_exits_3(db_urls: DbUrls, tmp_path: Path,
@@ -160,8 +157,7 @@ def test_unreadable_history_exits_3(db_urls: DbUrls, tmp_path: Path,
     config = write_settings(tmp_path / "s.toml", db_urls)  # a core database with no tables
     if db_urls.backend == "sqlite":
         (tmp_path / "core.db").touch()
-    code = main(["history", "--config", str(config)])
-    captured = capsys.readouterr()
-    assert code == 3 and captured.out == ""
-    assert captured.err.startswith("bgworkers history: cannot read run history from ")
-    assert "bgw_run" in captured.err
+    done = bgworkers("history", "--config", str(config))
+    assert done.returncode == 3 and done.stdout == ""
+    assert done.stderr.startswith("bgworkers history: cannot read run history from ")
+    assert "bgw_run" in done.stderr

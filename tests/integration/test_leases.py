@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DbUrls, write_settings
+import sqlalchemy as sa
+from helpers import DbUrls, build_world, write_settings
 
-from bgworkers import dbadmin
 from bgworkers.jobs.base import LeaseLost
 from bgworkers.leases import Leases
-from bgworkers.settings import load_settings
 from bgworkers.tenancy import Databases
 
 
 @pytest.fixture
 def dbs(db_urls: DbUrls, tmp_path: Path) -> Iterator[Databases]:
-    settings = load_settings(write_settings(tmp_path / "s.toml", db_urls))
-    databases = Databases(settings)
-    dbadmin.init(settings, databases, None, lambda _: None)
-    yield databases
-    databases.dispose()
+    world = build_world(write_settings(tmp_path / "s.toml", db_urls))
+    yield world.dbs
+    world.dbs.dispose()
 
 
-def leases(dbs: Databases, holder: str, ttl: float = 30.0) -> Leases:
-    return Leases(lambda: dbs.coordination, holder, ttl)
+class Monotonic:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def leases(dbs: Databases, holder: str, ttl: float = 30.0,
+           monotonic: Callable[[], float] = time.monotonic) -> Leases:
+    return Leases(lambda: dbs.coordination, holder, ttl, monotonic)
 
 
 def test_one_holder_per_group_and_tenant(dbs: Databases) -> None:
@@ -42,16 +53,47 @@ def test_one_holder_per_group_and_tenant(dbs: Databases) -> None:
     assert b.acquire("serials", "DEFAULT", "run-6") is not None
 
 
+def test_a_lease_unrenewed_for_a_whole_ttl_fails_its_check_until_renewed(
+        dbs: Databases, tmp_path: Path) -> None:
+    clock = Monotonic()
+    engine = [dbs.coordination]
+    holder = Leases(lambda: engine[0], "host-a:1", 30.0, clock)
+    lease = holder.acquire("serials", "DEFAULT", "run-1")
+    assert lease is not None
+    clock.advance(29.9)
+    lease.check()
+    clock.advance(0.1)
+    with pytest.raises(LeaseLost, match="not renewed for 30s"):
+        lease.check()
+    holder.renew_all()  # the row is still ours on the database clock: renewed now
+    lease.check()
+    clock.advance(20)
+    unreachable = sa.create_engine(f"sqlite:///{tmp_path}/missing/coordination.db")
+    engine[0] = unreachable
+    holder.renew_all()  # fails: the lease still counts from the last renewal
+    lease.check()
+    clock.advance(10)
+    with pytest.raises(LeaseLost, match="not renewed"):
+        lease.check()
+    assert not lease.lost.is_set()  # expired here, not taken over
+    unreachable.dispose()
+
+
 def test_expired_lease_is_taken_over_and_the_old_holder_learns_it(dbs: Databases) -> None:
-    a, b = leases(dbs, "host-a:1", ttl=1.0), leases(dbs, "host-b:2", ttl=1.0)
+    clock = Monotonic()
+    ttl = 0.5  # on the database clock: the takeover waits for it to pass for real
+    a, b = leases(dbs, "host-a:1", ttl, clock), leases(dbs, "host-b:2", ttl)
     old = a.acquire("serials", "DEFAULT", "run-a")
     assert old is not None
     assert b.acquire("serials", "DEFAULT", "run-b") is None
-    time.sleep(1.3)
+    clock.advance(ttl)
     with pytest.raises(LeaseLost, match="not renewed"):
         old.check()  # a whole TTL without renewal: stop before writing
-    new = b.acquire("serials", "DEFAULT", "run-b")
-    assert new is not None and new.previous == "run-a"
+    deadline = time.monotonic() + 10
+    while (new := b.acquire("serials", "DEFAULT", "run-b")) is None:
+        assert time.monotonic() < deadline, "the expired lease was never taken over"
+        time.sleep(0.05)
+    assert new.previous == "run-a"
     a.renew_all()
     assert old.lost.is_set()
     with pytest.raises(LeaseLost, match="taken over"):
@@ -67,8 +109,8 @@ def test_renewal_keeps_a_long_run_exclusive(dbs: Databases) -> None:
     try:
         held = a.acquire("serials", "DEFAULT", "run-a")
         assert held is not None
-        for _ in range(5):
-            time.sleep(0.5)
+        for _ in range(4):  # two TTLs
+            time.sleep(0.45)
             assert b.acquire("serials", "DEFAULT", "run-b") is None
             held.check()
     finally:
@@ -95,7 +137,6 @@ def test_racing_threads_one_winner(dbs: Databases) -> None:
 
 def test_a_lease_released_while_it_is_being_renewed_is_not_lost(dbs: Databases) -> None:
     """The run ends (release) between the renewer's list of leases and its UPDATE."""
-    import sqlalchemy as sa
     from structlog.testing import capture_logs
 
     holder = leases(dbs, "host-a:1")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import heartbeat_settings, runs
+from helpers import DbUrls, MakeWorld
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -34,13 +34,13 @@ LIMIT = 2.0
 
 
 @pytest.fixture
-def config(db_urls: DbUrls, tmp_path: Path) -> Path:
+def config(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Path:
     path = heartbeat_settings(tmp_path / "s.toml", db_urls, extra=f"""
 [jobs.serial_outbox]
 enabled = true
 timeout = "{LIMIT:g}s"
 """)
-    tenant_setup(db_urls, path, ["DEFAULT", "maison_atelier"], erp_schema=True)
+    make_world(path, ["DEFAULT", "maison_atelier"], erp_schema=True)
     return path
 
 

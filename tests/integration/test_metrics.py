@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import heartbeat_settings
+from helpers import DbUrls, MakeWorld
 from prometheus_client import generate_latest
 
 from bgworkers.history import RunStatus
@@ -40,7 +40,7 @@ def with_urls(settings: Settings, **urls: str) -> Settings:
 
 
 @pytest.fixture
-def settings(db_urls: DbUrls, tmp_path: Path) -> Settings:
+def settings(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Settings:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m", extra="""
 [jobs.serial_outbox]
 enabled = true
@@ -49,7 +49,7 @@ every = "5m"
 enabled = true
 cron = "0 * * * *"
 """)
-    tenant_setup(db_urls, config, ["A", "B"], erp_schema=True)
+    make_world(config, ["A", "B"], erp_schema=True)
     return load_settings(config)
 
 

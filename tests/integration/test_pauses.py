@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import heartbeat_settings, runs
+from helpers import DbUrls, MakeWorld, bgworkers
 
-from bgworkers.cli import main
 from bgworkers.runner import Runner
 from bgworkers.schema import own
 from bgworkers.settings import load_settings
@@ -24,15 +23,15 @@ MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture
-def config(db_urls: DbUrls, tmp_path: Path) -> Path:
+def config(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Path:
     path = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, path, ["alpha", "beta"])
+    make_world(path, ["alpha", "beta"])
     return path
 
 
 def cli(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main([*args, "--config", str(config)])
-    return code, capsys.readouterr().out
+    done = bgworkers(*args, "--config", str(config))
+    return done.returncode, done.stdout
 
 
 def tick(config: Path, at: datetime) -> dict[str, tuple[str, str | None]]:
@@ -161,11 +160,9 @@ def test_a_dry_run_ignores_pauses_and_an_unreadable_pause_table_stops_nothing(
 
 def test_unknown_job_or_tenant_is_bad_usage(config: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["pause", "nightly", "--config", str(config)])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "invalid choice: 'nightly'" in err and "'heartbeat'" in err
+    done = bgworkers("pause", "nightly", "--config", str(config))
+    assert done.returncode == 2
+    assert "invalid choice: 'nightly'" in done.stderr and "'heartbeat'" in done.stderr
     assert cli(config, capsys, "pause", "heartbeat", "--tenant", "Alpha") == (
         2, "tenant Alpha: not in core organization; did you mean 'alpha'?\n")
     assert cli(config, capsys, "resume", "heartbeat", "--tenant", "nobody") == (
@@ -173,9 +170,10 @@ def test_unknown_job_or_tenant_is_bad_usage(config: Path,
 
 
 def test_db_upgrade_adds_the_pause_table_to_an_older_coordination_database(
-        db_urls: DbUrls, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        db_urls: DbUrls, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls)
-    tenant_setup(db_urls, config, ["alpha"], erp_schema=True)  # so that db check passes
+    make_world(config, ["alpha"], erp_schema=True)  # so that db check passes
     engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:  # as coord_0002 left it
         conn.execute(sa.text("DROP TABLE bgw_pause"))

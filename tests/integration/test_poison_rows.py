@@ -27,15 +27,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
-from jobs_helpers import make_context, std, table_digest
+from helpers import DbUrls, build_world, write_settings
+from jobs_helpers import std, table_digest
 
-from bgworkers import dbadmin, explain
+from bgworkers import explain
 from bgworkers.clock import FixedClock
+from bgworkers.harness import make_context
 from bgworkers.jobs import outbox_store, serial_consistency, serial_outbox
 from bgworkers.logs import configure_logging
 from bgworkers.schema import core, tenant
-from bgworkers.settings import LoggingSettings, Settings, load_settings
+from bgworkers.settings import LoggingSettings, Settings
 from bgworkers.tenancy import Databases
 
 NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
@@ -137,19 +138,13 @@ def env(db_urls: DbUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     path = write_settings(tmp_path / "settings.toml", db_urls,
                           "[jobs.serial_consistency]\nchunk_size = 3\n")
-    settings = load_settings(path)
-    dbs = Databases(settings)
-    quiet = lambda _: None  # noqa: E731
+    world = build_world(path, [{"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier",
+                                "status": "active", "org_serial_code": "BLVR"}],
+                        erp_schema=True)
     try:
-        assert dbadmin.init(settings, dbs, None, quiet) == 0
-        with dbs.core.begin() as conn:
-            conn.execute(sa.insert(core.organization), [
-                {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier",
-                 "status": "active", "org_serial_code": "BLVR"}])
-        assert dbadmin.init(settings, dbs, None, quiet) == 0
-        yield Env(settings, dbs, db_urls.backend)
+        yield Env(world.settings, world.dbs, db_urls.backend)
     finally:
-        dbs.dispose()
+        world.dbs.dispose()
 
 
 def relaxed(conn: sa.Connection) -> None:

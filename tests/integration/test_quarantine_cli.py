@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import heartbeat_settings
+from helpers import DbUrls, MakeWorld, bgworkers
 
-from bgworkers.cli import main
 from bgworkers.schema.tenant import serial_quarantine as quarantine
 
 DETECTED = datetime(2026, 11, 20, 8, 0, 0)
@@ -29,9 +28,9 @@ def rows_of(url: str) -> dict[int, Any]:
 
 
 @pytest.fixture
-def config(db_urls: DbUrls, tmp_path: Path) -> Path:
+def config(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Path:
     path = heartbeat_settings(tmp_path / "s.toml", db_urls)
-    tenant_setup(db_urls, path, ["alpha", "beta", "gamma"], erp_schema=True)
+    make_world(path, ["alpha", "beta", "gamma"], erp_schema=True)
     rows = {
         "alpha": [(1, "SER-A1", "duplicate", "flow_token", 11, None),
                   (2, "SER-A2", "orphaned", "job_ticket_serial", 12, None),
@@ -51,8 +50,8 @@ def config(db_urls: DbUrls, tmp_path: Path) -> Path:
 
 
 def run(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(["quarantine", *args, "--config", str(config)])
-    return code, capsys.readouterr().out
+    done = bgworkers("quarantine", *args, "--config", str(config))
+    return done.returncode, done.stdout
 
 
 def listed(config: Path, capsys: pytest.CaptureFixture[str],
@@ -108,9 +107,8 @@ def test_list_or_resolve_of_an_unknown_tenant_is_bad_usage(
         2, "tenant ALPHA: not in core organization; did you mean 'alpha'?\n")
     assert run(config, capsys, "resolve", "--tenant", "nobody", "1") == (
         2, "tenant nobody: not in core organization\n")
-    with pytest.raises(SystemExit) as exit_:
-        main(["quarantine", "list", "--reason", "cosmic_rays", "--config", str(config)])
-    assert exit_.value.code == 2 and "invalid choice: 'cosmic_rays'" in capsys.readouterr().err
+    done = bgworkers("quarantine", "list", "--reason", "cosmic_rays", "--config", str(config))
+    assert done.returncode == 2 and "invalid choice: 'cosmic_rays'" in done.stderr
 
 
 def test_resolve_sets_resolved_at_only_on_open_rows_and_names_the_rest(

@@ -7,16 +7,16 @@ import json
 import os
 import pty
 import re
-import subprocess
-import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import heartbeat_settings, runs
+from helpers import CliResult, DbUrls, MakeWorld, bgworkers, environment
 
+from bgworkers.cli import main
 from bgworkers.clock import FixedClock
 from bgworkers.daemon import Daemon
 from bgworkers.db import ensure_database
@@ -29,12 +29,12 @@ TICK = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def config(db_urls: DbUrls, tmp_path: Path) -> Path:
+def config(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Path:
     broken = ("sqlite:////nonexistent-dir/broken.db" if db_urls.backend == "sqlite"
               else db_urls.tenant("no_such_database"))
     path = heartbeat_settings(tmp_path / "s.toml", db_urls,
                               extra=f"[tenants.urls]\nbroken = '{broken}'\n")
-    tenant_setup(db_urls, heartbeat_settings(tmp_path / "setup.toml", db_urls),
+    make_world(heartbeat_settings(tmp_path / "setup.toml", db_urls),
                  ["DEFAULT", "maison_atelier"])
     return path
 
@@ -126,10 +126,8 @@ def test_held_lease_skips_the_tenant_with_a_history_row(db_urls: DbUrls, config:
     assert statuses["DEFAULT"] == ("skipped", "lease held by another run")
 
 
-def run_once(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bgworkers", "run-once", "heartbeat",
-                           "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+def run_once(config: Path, *args: str) -> CliResult:
+    return bgworkers("run-once", "heartbeat", "--config", str(config), *args)
 
 
 def test_run_once_json_and_exit_status(db_urls: DbUrls, config: Path) -> None:
@@ -154,19 +152,23 @@ def test_run_once_json_and_exit_status(db_urls: DbUrls, config: Path) -> None:
 def run_once_on_a_terminal(config: Path, columns: int = 80) -> str:
     """run-once with stdout and stderr on a pseudo-terminal (logging format auto)."""
     leader, follower = pty.openpty()
-    env = {**os.environ, "COLUMNS": str(columns), "BGWORKERS_LOGGING__FORMAT": "auto"}
-    env.pop("JOURNAL_STREAM", None)
-    proc = subprocess.Popen([sys.executable, "-m", "bgworkers", "run-once", "heartbeat",
-                             "--config", str(config)], stdin=subprocess.DEVNULL,
-                            stdout=follower, stderr=follower, env=env)
-    os.close(follower)
-    out = b""
-    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
-        while chunk := os.read(leader, 65536):
-            out += chunk
+    received: list[bytes] = []
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(leader, 65536):
+                received.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    env = {"COLUMNS": str(columns), "BGWORKERS_LOGGING__FORMAT": "auto", "JOURNAL_STREAM": None}
+    with open(follower, "w", buffering=1) as terminal, environment(env), \
+            contextlib.redirect_stdout(terminal), contextlib.redirect_stderr(terminal):
+        code = main(["run-once", "heartbeat", "--config", str(config)])
+    reader.join(timeout=30)
     os.close(leader)
-    assert proc.wait(timeout=120) == 1
-    return re.sub(r"\x1b\[[0-9;]*m", "", out.decode()).replace("\r\n", "\n")
+    assert code == 1
+    return re.sub(r"\x1b\[[0-9;]*m", "", b"".join(received).decode()).replace("\r\n", "\n")
 
 
 def test_run_once_on_a_terminal_prints_each_counter_once_and_the_real_error(
@@ -248,10 +250,10 @@ def test_a_late_firing_is_recorded_missed_for_every_tenant(
 
 
 def test_a_missing_column_fails_the_run_naming_database_table_column_and_fix(
-        db_urls: DbUrls, tmp_path: Path) -> None:
+        db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "erp.toml", db_urls,
                                 extra="[jobs.serial_outbox]\nenabled = true\n")
-    tenant_setup(db_urls, config, ["DEFAULT"], erp_schema=True)
+    make_world(config, ["DEFAULT"], erp_schema=True)
     engine = sa.create_engine(db_urls.tenant("DEFAULT"), poolclass=sa.pool.NullPool)
     with engine.begin() as conn:  # an install whose upgrade was never run
         for index in sa.inspect(conn).get_indexes("serial_link_outbox"):

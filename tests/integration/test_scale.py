@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import heartbeat_settings
+from helpers import DbUrls, MakeWorld
 
 from bgworkers.settings import load_settings
 from bgworkers.tenancy import Databases
@@ -14,9 +14,10 @@ from bgworkers.tenancy import Databases
 CODES = [f"atelier_{i:02d}" for i in range(24)]
 
 
-def test_tenant_databases_share_one_pool_per_server(db_urls: DbUrls, tmp_path: Path) -> None:
+def test_tenant_databases_share_one_pool_per_server(db_urls: DbUrls, tmp_path: Path,
+                                                    make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls)
-    tenant_setup(db_urls, config, CODES)
+    make_world(config, CODES)
     settings = load_settings(config)
     dbs = Databases(settings)
     try:

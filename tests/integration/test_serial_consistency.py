@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import DbUrls, write_settings
-from jobs_helpers import alert_level, bad_check, make_context, std, table_digest
+from helpers import DbUrls, build_world, write_settings
+from jobs_helpers import alert_level, bad_check, std, table_digest
 
-from bgworkers import dbadmin
+from bgworkers.harness import make_context
 from bgworkers.jobs import serial_consistency
 from bgworkers.jobs.base import JobContext, LeaseLost
 from bgworkers.logs import configure_logging
@@ -153,24 +153,20 @@ def scenario(db_urls: DbUrls, tmp_path: Path,
     monkeypatch.setenv(SALTS_ENV, json.dumps({"hatthasilpa:1": SALT_HAT, "oem:1": SALT_OEM}))
     path = write_settings(tmp_path / "settings.toml", db_urls,
                           "[jobs.serial_consistency]\nchunk_size = 3\n")
-    settings = load_settings(path)
-    dbs = Databases(settings)
+    world = build_world(path, [
+        {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
+         "org_serial_code": "BLVR"},
+        {"id_org": 2, "code": "maison_atelier", "name": "Maison Atelier", "status": "1",
+         "org_serial_code": "MAIS"}], erp_schema=True)
     try:
-        _populate(settings, dbs)
-        yield Scenario(settings, dbs)
+        _populate(world.dbs)
+        yield Scenario(world.settings, world.dbs)
     finally:
-        dbs.dispose()
+        world.dbs.dispose()
 
 
-def _populate(settings: Settings, dbs: Databases) -> None:
-    quiet = lambda _: None  # noqa: E731
-    assert dbadmin.init(settings, dbs, None, quiet) == 0
+def _populate(dbs: Databases) -> None:
     with dbs.core.begin() as conn:
-        conn.execute(sa.insert(core.organization), [
-            {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
-             "org_serial_code": "BLVR"},
-            {"id_org": 2, "code": "maison_atelier", "name": "Maison Atelier", "status": "1",
-             "org_serial_code": "MAIS"}])
         salts = {"hatthasilpa": SALT_HAT, "oem": SALT_OEM}
         conn.execute(sa.insert(core.serial_registry), [
             {"serial_code": serial, "tenant_id": tid, "org_code": "BLVR" if tid == 1 else "MAIS",
@@ -178,7 +174,6 @@ def _populate(settings: Settings, dbs: Databases) -> None:
              "hash_signature": hash_signature(serial if good else serial + "x", salts[ptype]),
              "hash_salt_version": version, "checksum": serial[-1], "created_at": OLD}
             for serial, (tid, ptype, dag, version, good) in REGISTRY.items()])
-    assert dbadmin.init(settings, dbs, None, quiet) == 0
     with dbs.tenant("DEFAULT").begin() as conn:
         conn.execute(sa.insert(tenant.job_ticket), [
             {"id_job_ticket": i, "ticket_code": f"JT-{i}", "status": status,

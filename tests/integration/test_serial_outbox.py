@@ -20,15 +20,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import structlog
-from helpers import DbUrls, write_settings
-from jobs_helpers import alert_level, make_context
+from helpers import DbUrls, build_world, write_settings
+from jobs_helpers import alert_level
 
-from bgworkers import dbadmin, outbox_admin
+from bgworkers import outbox_admin
 from bgworkers.clock import FixedClock
+from bgworkers.harness import make_context
 from bgworkers.jobs import outbox_store, serial_outbox
 from bgworkers.jobs.base import JobContext, LeaseLost
 from bgworkers.schema import core, tenant
-from bgworkers.settings import Settings, load_settings
+from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases
 
 NOW = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
@@ -52,7 +53,6 @@ ORGS = [
         "org_serial_code": "MAIS",
     },
 ]
-TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -75,17 +75,11 @@ def make_env(db_urls: DbUrls, tmp_path: Path, extra: str = "") -> Iterator[Env]:
     config = write_settings(
         tmp_path / "settings.toml", db_urls, '[database]\nconnect_timeout = "3s"\n' + extra
     )
-    settings = load_settings(config)
-    dbs = Databases(settings)
-    quiet: Any = lambda _: None  # noqa: E731
-    assert dbadmin.init(settings, dbs, None, quiet) == 0
-    with dbs.core.begin() as conn:
-        conn.execute(core.organization.insert(), ORGS)
-    assert dbadmin.init(settings, dbs, ["DEFAULT"], quiet) == 0
+    world = build_world(config, ORGS, erp_schema=True, only=["DEFAULT"])
     try:
-        yield Env(settings, dbs, config, db_urls)
+        yield Env(world.settings, world.dbs, config, db_urls)
     finally:
-        dbs.dispose()
+        world.dbs.dispose()
 
 
 @pytest.fixture
@@ -601,13 +595,12 @@ WORKER = textwrap.dedent("""
     import json, sys, time
     from datetime import datetime
     from pathlib import Path
-    sys.path.insert(0, sys.argv[1])
-    from jobs_helpers import make_context
+    from bgworkers.harness import make_context
     from bgworkers.jobs import outbox_store, serial_outbox
     from bgworkers.settings import load_settings
     from bgworkers.tenancy import Databases
 
-    config, now, mode = Path(sys.argv[2]), datetime.fromisoformat(sys.argv[3]), sys.argv[4]
+    config, now, mode = Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2]), sys.argv[3]
     settings = load_settings(config)
     dbs = Databases(settings)
     ctx = make_context(settings, dbs, "DEFAULT", now, "serial_outbox")
@@ -634,7 +627,7 @@ def worker(env: Env, tmp_path: Path, mode: str, **env_vars: str) -> subprocess.P
     script = tmp_path / "outbox_worker.py"
     script.write_text(WORKER)
     return subprocess.Popen(
-        [sys.executable, str(script), str(TESTS_DIR), str(env.config), NOW.isoformat(), mode],
+        [sys.executable, str(script), str(env.config), NOW.isoformat(), mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

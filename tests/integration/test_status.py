@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,8 +12,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import heartbeat_settings, tenant_setup
-from helpers import DbUrls, write_settings
+from daemon_helpers import heartbeat_settings
+from helpers import CliResult, DbUrls, MakeWorld, bgworkers, write_settings
 
 from bgworkers import status as status_module
 from bgworkers.schema import core
@@ -46,9 +44,8 @@ def add_runs(core_url: str, rows: list[tuple[str, str, timedelta] |
     engine.dispose()
 
 
-def status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bgworkers", "status", "--config", str(config),
-                           *args], capture_output=True, text=True, timeout=60, check=False)
+def status(config: Path, *args: str) -> CliResult:
+    return bgworkers("status", "--config", str(config), *args)
 
 
 def status_json(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
@@ -84,9 +81,9 @@ def free_port() -> int:
     return port  # closed again: nothing listens there
 
 
-def test_ok_after_ok_runs(db_urls: DbUrls, tmp_path: Path) -> None:
+def test_ok_after_ok_runs(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["alpha", "beta"])
+    make_world(config, ["alpha", "beta"])
     add_runs(db_urls.core_url, [("alpha", "failed", 10 * MINUTE, "old trouble"),
                                 ("alpha", "ok", MINUTE / 2), ("beta", "ok", MINUTE / 4)])
     result = status(config)
@@ -107,9 +104,10 @@ def test_ok_after_ok_runs(db_urls: DbUrls, tmp_path: Path) -> None:
     assert pair["reasons"] == [] and pair["next_tick"] is not None
 
 
-def test_warning_when_late_or_never_run(db_urls: DbUrls, tmp_path: Path) -> None:
+def test_warning_when_late_or_never_run(db_urls: DbUrls, tmp_path: Path,
+                                        make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["fresh", "stale", "newcomer", "skipper", "stuck"])
+    make_world(config, ["fresh", "stale", "newcomer", "skipper", "stuck"])
     add_runs(db_urls.core_url, [
         ("fresh", "running", 50 * MINUTE),  # an orphan from before the last success: not stuck
         ("fresh", "ok", 5 * MINUTE), ("fresh", "skipped", 2 * MINUTE),
@@ -142,9 +140,9 @@ def test_warning_when_late_or_never_run(db_urls: DbUrls, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("outcome", ["partial", "failed", "timed_out", "abandoned"])
 def test_critical_for_each_failing_outcome(db_urls: DbUrls, tmp_path: Path,
-                                           outcome: str) -> None:
+                                           outcome: str, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["good", "bad"])
+    make_world(config, ["good", "bad"])
     error = (TRACEBACK if outcome == "failed" else
              f"{outcome}: 2 of 5 tables failed: node_bottleneck, team_workload\nmore detail")
     shown = ("RuntimeError: the tenant database went away" if outcome == "failed" else
@@ -180,9 +178,10 @@ def test_critical_for_each_failing_outcome(db_urls: DbUrls, tmp_path: Path,
     assert status(config).returncode == 0
 
 
-def test_refused_tenant_is_critical_with_its_error(db_urls: DbUrls, tmp_path: Path) -> None:
+def test_refused_tenant_is_critical_with_its_error(db_urls: DbUrls, tmp_path: Path,
+                                                   make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["good"])
+    make_world(config, ["good"])
     add_runs(db_urls.core_url, [("good", "ok", MINUTE / 2)])
     engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
@@ -198,13 +197,13 @@ def test_refused_tenant_is_critical_with_its_error(db_urls: DbUrls, tmp_path: Pa
     assert "organization id 7" in doc["pairs"][0]["refused"]
 
 
-def test_filters(db_urls: DbUrls, tmp_path: Path) -> None:
+def test_filters(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m", extra="""
 [jobs.serial_outbox]
 enabled = true
 every = "5m"
 """)
-    tenant_setup(db_urls, config, ["one", "two"])
+    make_world(config, ["one", "two"])
     add_runs(db_urls.core_url, [("one", "ok", MINUTE / 2), ("two", "failed", MINUTE, "x")])
     add_runs(db_urls.core_url, [("one", "ok", MINUTE), ("two", "ok", MINUTE)],
              job="serial_outbox")
@@ -260,9 +259,10 @@ def test_unknown_when_core_database_is_unreachable(tmp_path: Path) -> None:
         assert doc["error"].startswith(says) and doc["checked_at"].endswith("+00:00")
 
 
-def test_unknown_when_run_history_is_unreachable(db_urls: DbUrls, tmp_path: Path) -> None:
+def test_unknown_when_run_history_is_unreachable(db_urls: DbUrls, tmp_path: Path,
+                                                 make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["one"])
+    make_world(config, ["one"])
     elsewhere = f"sqlite:///{tmp_path}/missing/coord.db"
     config.write_text(config.read_text().replace(
         "[database]\n", f'[database]\ncoordination_url = "{elsewhere}"\n'))
@@ -289,31 +289,30 @@ def test_unknown_with_bad_settings_but_other_commands_keep_exit_2(
     assert "Traceback" not in result.stdout + result.stderr
     code, doc = status_json(config)
     assert code == 3 and doc["verdict"] == "UNKNOWN" and says in doc["error"]
-    jobs = subprocess.run([sys.executable, "-m", "bgworkers", "jobs", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    jobs = bgworkers("jobs", "--config", str(config))
     assert jobs.returncode == 2 and says in jobs.stderr
 
 
-def test_in_process_main_prints_the_verdict(db_urls: DbUrls, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from bgworkers.cli import main
-
+def test_a_partial_run_is_critical_and_bad_usage_unknown(db_urls: DbUrls, tmp_path: Path,
+                                                        make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["one"])
+    make_world(config, ["one"])
     add_runs(db_urls.core_url, [("one", "partial", MINUTE / 2, "1 of 3 tables failed")])
-    assert main(["status", "--config", str(config)]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("BGWORKERS CRITICAL - 1 critical, 0 warning, 0 ok (1 job/tenant pair)\n")
-    assert "): 1 of 3 tables failed\n" in out
-    assert main(["--config", str(config), "status", "--bogus"]) == 3
-    assert capsys.readouterr().out.startswith("BGWORKERS UNKNOWN - ")
+    result = status(config)
+    assert result.returncode == 2
+    assert result.stdout.startswith(
+        "BGWORKERS CRITICAL - 1 critical, 0 warning, 0 ok (1 job/tenant pair)\n")
+    assert "): 1 of 3 tables failed\n" in result.stdout
+    bogus = bgworkers("--config", str(config), "status", "--bogus")
+    assert bogus.returncode == 3 and bogus.stdout.startswith("BGWORKERS UNKNOWN - ")
 
 
 def test_a_few_indexed_queries_whatever_the_history_size(db_urls: DbUrls,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path,
+                                                         make_world: MakeWorld) -> None:
     """The statements status runs do not grow with the history, and read it by index."""
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
-    tenant_setup(db_urls, config, ["one", "two"])
+    make_world(config, ["one", "two"])
     settings = load_settings(config)
 
     def statements() -> list[tuple[str, Any]]:

@@ -8,11 +8,7 @@ nothing is written anywhere; the exact code reaches the tenant's own database.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +16,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings
-from helpers import DbUrls
+from helpers import DbUrls, MakeWorld, World
 from jobs_helpers import table_digest
 
-from bgworkers import dbadmin
 from bgworkers.db import ensure_database
 from bgworkers.schema import tenant
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases, TenantError, discover, resolve
+from bgworkers.tenancy import TenantError, discover, resolve
 
 OLD = datetime(2026, 1, 10, 8, 0)
 SERIAL = "MAIS-HAT-BAG01-20260110-00001-AB12-X"
@@ -53,42 +48,23 @@ def recreate_organization(engine: sa.Engine, *, case_sensitive: bool) -> None:
         md.create_all(conn)
 
 
-@dataclass
-class World:
-    settings: Settings
-    dbs: Databases
-    config: Path
-    urls: DbUrls
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-        return subprocess.run([sys.executable, "-m", "bgworkers", *args, "--config",
-                               str(self.config)], capture_output=True, text=True, timeout=120,
-                              check=False, env=env)
-
-
 @pytest.fixture
-def make_world(db_urls: DbUrls, tmp_path: Path) -> Iterator[Any]:
-    made: list[Databases] = []
+def world_of(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld,
+             monkeypatch: pytest.MonkeyPatch) -> Callable[..., World]:
+    """A world of these organizations, every tenant with the ERP schema; the organization
+    table reshaped first when codes may be NULL or are compared byte for byte."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
 
     def make(orgs: list[dict[str, Any]], extra: str = "", case_sensitive: bool = False,
              nullable: bool = False) -> World:
         config = heartbeat_settings(tmp_path / "settings.toml", db_urls, every="1m", extra=extra)
-        settings = load_settings(config)
-        dbs = Databases(settings)
-        made.append(dbs)
-        assert dbadmin.init(settings, dbs, None, lambda _: None) == 0
+        reshape = None
         if case_sensitive or nullable:
-            recreate_organization(dbs.core, case_sensitive=case_sensitive)
-        with dbs.core.begin() as conn:
-            conn.execute(sa.text("INSERT INTO organization (id_org, code, name, status) "
-                                 "VALUES (:id_org, :code, :name, :status)"), orgs)
-        dbadmin.init(settings, dbs, None, lambda _: None)  # served tenants' databases
-        return World(settings, dbs, config, db_urls)
+            def reshape(engine: sa.Engine) -> None:
+                recreate_organization(engine, case_sensitive=case_sensitive)
+        return make_world(config, orgs, erp_schema=True, organization=reshape)
 
-    yield make
-    for dbs in made:
-        dbs.dispose()
+    return make
 
 
 def tenant_engine(world: World, raw_url: str) -> sa.Engine:
@@ -115,8 +91,8 @@ def outbox_statuses(engine: sa.Engine) -> list[str]:
 # ---------------------------------------------------------------- discover refuses
 
 
-def test_codes_equal_ignoring_case_are_both_refused_everywhere(make_world: Any) -> None:
-    world = make_world([org(1, "DEFAULT"), org(2, "default", "1"), org(3, "maison_atelier")],
+def test_codes_equal_ignoring_case_are_both_refused_everywhere(world_of: Any) -> None:
+    world = world_of([org(1, "DEFAULT"), org(2, "default", "1"), org(3, "maison_atelier")],
                        case_sensitive=True)
     tenants, problems = discover(world.settings, world.dbs.core)
     assert [t.code for t in tenants] == ["maison_atelier"]
@@ -158,9 +134,9 @@ def test_codes_equal_ignoring_case_are_both_refused_everywhere(make_world: Any) 
            "refused: it collides with 'DEFAULT' (organization id 1)" in explained.stdout
 
 
-def test_urls_of_one_database_are_both_refused(make_world: Any, db_urls: DbUrls,
+def test_urls_of_one_database_are_both_refused(world_of: Any, db_urls: DbUrls,
                                                tmp_path: Path) -> None:
-    world = make_world([org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "third")])
+    world = world_of([org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "third")])
     default_db = db_urls.tenant("DEFAULT")
     # the same database spelled differently: a dot segment, or without the query
     same = (default_db.replace(str(tmp_path), f"{tmp_path}/.") if db_urls.backend == "sqlite"
@@ -183,9 +159,9 @@ def test_urls_of_one_database_are_both_refused(make_world: Any, db_urls: DbUrls,
             assert "ignoring case" not in problem.error, case
 
 
-def test_null_empty_and_blank_codes_are_refused(make_world: Any, db_urls: DbUrls,
+def test_null_empty_and_blank_codes_are_refused(world_of: Any, db_urls: DbUrls,
                                                 tmp_path: Path) -> None:
-    world = make_world([org(1, "DEFAULT"), org(5, None), org(6, ""), org(7, "\t"),
+    world = world_of([org(1, "DEFAULT"), org(5, None), org(6, ""), org(7, "\t"),
                         org(8, None, "inactive")], nullable=True)
     tenants, problems = discover(world.settings, world.dbs.core)
     assert [t.code for t in tenants] == ["DEFAULT"]
@@ -200,13 +176,10 @@ def test_null_empty_and_blank_codes_are_refused(make_world: Any, db_urls: DbUrls
         "DEFAULT": "WARNING", "<id 5>": "CRITICAL", "<id 6>": "CRITICAL", "<id 7>": "CRITICAL"}
 
 
-def test_override_keyed_with_the_wrong_case_is_reported(make_world: Any,
-                                                        db_urls: DbUrls) -> None:
-    world = make_world([org(1, "DEFAULT"), org(2, "maison_atelier")], extra=(
-        f"[tenants.urls]\nMAISON_ATELIER = '{db_urls.tenant('elsewhere')}'\n"))
-    tenants, problems = discover(world.settings, world.dbs.core)
-    assert [t.code for t in tenants] == ["DEFAULT", "maison_atelier"] and problems == []
-    assert world.settings.tenant_url("maison_atelier") == db_urls.tenant("maison_atelier")
+def test_override_keyed_with_the_wrong_case_is_reported(world_of: Any, db_urls: DbUrls) -> None:
+    world = world_of([org(1, "DEFAULT"), org(2, "maison_atelier")])
+    extra = f"[tenants.urls]\nMAISON_ATELIER = '{db_urls.tenant('elsewhere')}'\n"
+    heartbeat_settings(world.config, db_urls, every="1m", extra=extra)
     stats = world.cli("outbox", "stats")
     assert stats.returncode == 0, stats.stdout + stats.stderr
     logged = [json.loads(line) for line in stats.stderr.splitlines() if line.startswith("{")]
@@ -215,15 +188,21 @@ def test_override_keyed_with_the_wrong_case_is_reported(make_world: Any,
     assert warnings[0]["level"] == "warning"
     assert (warnings[0]["setting"], warnings[0]["key"], warnings[0]["tenants"]) == (
         "tenants.urls", "MAISON_ATELIER", ["maison_atelier"])
+    again = world.cli("outbox", "stats")  # once per process
+    assert again.returncode == 0 and "tenant_code_case_mismatch" not in again.stderr
+    settings = load_settings(world.config)
+    tenants, problems = discover(settings, world.dbs.core)
+    assert [t.code for t in tenants] == ["DEFAULT", "maison_atelier"] and problems == []
+    assert settings.tenant_url("maison_atelier") == db_urls.tenant("maison_atelier")
 
 
 # ---------------------------------------------------------------- resolve, for operators
 
 
 def test_a_case_variant_is_refused_and_the_exact_code_uses_the_override(
-        make_world: Any, db_urls: DbUrls) -> None:
+        world_of: Any, db_urls: DbUrls) -> None:
     override = db_urls.tenant("maison_override")
-    world = make_world([org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "closed", "inactive")],
+    world = world_of([org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "closed", "inactive")],
                        extra=f"[tenants.urls]\nmaison_atelier = '{override}'\n")
     template = tenant_engine(world, db_urls.tenant("maison_atelier"))  # not the tenant's
     own = world.dbs.tenant("maison_atelier")

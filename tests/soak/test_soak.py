@@ -43,10 +43,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_helpers import OwnServer, daemon, events, heartbeat_settings, runs, tenant_setup
-from helpers import DbUrls
+from daemon_helpers import daemon, heartbeat_settings, runs
+from helpers import DbUrls, build_world
 from sqlalchemy.pool import NullPool
 
+from bgworkers.harness import MariaDB, events
 from bgworkers.schema import own
 
 pytestmark = pytest.mark.mariadb
@@ -192,7 +193,7 @@ class Timeline:
         ]
 
 
-def run_soak(server: OwnServer, tmp_path: Path) -> tuple[Timeline, str, dict[str, Path]]:
+def run_soak(server: MariaDB, tmp_path: Path) -> tuple[Timeline, str, dict[str, Path]]:
     """Set up, run the timeline; returns it, the coordination URL and the replicas' logs."""
     coordination = f"{server.url}/soak_coordination?charset=utf8mb4"
     urls = DbUrls("mariadb", f"{server.url}/soak_core?charset=utf8mb4",
@@ -201,7 +202,7 @@ def run_soak(server: OwnServer, tmp_path: Path) -> tuple[Timeline, str, dict[str
         tmp_path / "soak.toml", urls, every=f"{EVERY:g}s", hold=f"{HOLD * 1000:g}ms",
         max_workers=WORKERS, lease_ttl=f"{TTL:g}s",
         extra=f'[database]\ncoordination_url = "{coordination}"\n')
-    tenant_setup(urls, config, TENANTS)
+    build_world(config, TENANTS).dbs.dispose()
     logs = {name: tmp_path / f"replica_{name}.log" for name in REPLICAS}
     t = Timeline()
     with ExitStack() as stack:
@@ -247,7 +248,7 @@ def run_soak(server: OwnServer, tmp_path: Path) -> tuple[Timeline, str, dict[str
 
 
 def test_three_replicas_spread_the_work_and_take_over(
-        own_mariadb: OwnServer, tmp_path: Path) -> None:
+        own_mariadb: MariaDB, tmp_path: Path) -> None:
     started = time.monotonic()
     t, coordination, logs = run_soak(own_mariadb, tmp_path)
     history = runs(coordination)

@@ -1,7 +1,12 @@
-"""The command line: help everywhere, clear errors, exit statuses."""
+"""The command line: help everywhere, clear errors, exit statuses.
+
+Commands run in this process (`bgworkers.cli.main`); two smoke tests run the entry
+point as the shell does, a process whose exit status is the command's.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers import CliResult, DbUrls, MakeWorld, write_settings
+from helpers import bgworkers as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["status"], ["explain"], ["check-config"],
@@ -17,9 +24,42 @@ COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["status"], ["explain"], ["chec
             ["quarantine", "list"], ["quarantine", "resolve"], ["pause"], ["resume"]]
 
 
-def bgworkers(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def bgworkers(*args: str, cwd: Path = ROOT) -> CliResult:
+    return cli(*args, cwd=cwd)
+
+
+def process(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m bgworkers ARGS` as a process of its own."""
     return subprocess.run([sys.executable, "-m", "bgworkers", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=60, check=False)
+
+
+def test_the_entry_point_as_a_process_prints_help_and_exits_0() -> None:
+    result = process("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: bgworkers")
+
+
+def test_the_entry_point_as_a_process_exits_with_the_run_once_status(
+        tmp_path: Path, make_world: MakeWorld) -> None:
+    urls = DbUrls("sqlite", f"sqlite:///{tmp_path}/core.db",
+                  f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db")
+    config = write_settings(tmp_path / "settings.toml", urls, """
+[jobs.heartbeat]
+enabled = true
+[tenants.urls]
+broken = "sqlite:////nonexistent-dir/broken.db"
+""")
+    world = make_world(config, ["DEFAULT"])
+    ok = process("run-once", "heartbeat", "--json", "--config", str(config))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["total"] == {"tenants": 1, "checks": 1, "errors": 0}
+    with world.dbs.core.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO organization (id_org, code, name, status) "
+                             "VALUES (9, 'broken', 'Broken', 'active')")
+    failed = process("run-once", "heartbeat", "--json", "--config", str(config))
+    assert failed.returncode == 1, failed.stderr
+    assert json.loads(failed.stdout)["total"]["errors"] == 1
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "bgworkers")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from helpers import bgworkers
 
 from bgworkers.settings import Settings, SettingsError, load_settings, parse_duration
 
@@ -220,12 +219,6 @@ def test_explicit_password_wins_over_credentials(tmp_path: Path,
     assert settings.database.password.get_secret_value() == PASSWORD
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-    return subprocess.run([sys.executable, "-m", "bgworkers", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=60, check=False)
-
-
 def test_check_config_masks_every_secret(tmp_path: Path) -> None:
     path = write(tmp_path, f"""
 [database]
@@ -234,7 +227,7 @@ password = "{PASSWORD}"
 [tenants.urls]
 maison_atelier = "mysql+mysqldb://other:{PASSWORD}@db3/bgerp_t_maison_atelier"
 """)
-    result = _cli("check-config", "--config", str(path))
+    result = bgworkers("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert PASSWORD not in result.stdout + result.stderr
     assert "bgworkers:***@db1" in result.stdout
@@ -247,7 +240,7 @@ core_url = "mysql+mysqldb://bgworkers:{PASSWORD}@db1/bgerp"
 password = "{PASSWORD}"
 pool_size = -1
 """)
-    result = _cli("check-config", "--config", str(path),
+    result = bgworkers("check-config", "--config", str(path),
                   env={"BGWORKERS_DATABASE__PASSWORD": PASSWORD + "x"})
     assert result.returncode == 2
     assert result.stdout == ""
@@ -258,7 +251,7 @@ pool_size = -1
 
 def test_config_path_from_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "[logging]\nlevel = 'loud'\n")
-    result = _cli("jobs", env={"BGWORKERS_CONFIG": str(path)})
+    result = bgworkers("jobs", env={"BGWORKERS_CONFIG": str(path)})
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}: logging.level:")
 
