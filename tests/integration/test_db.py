@@ -55,7 +55,8 @@ def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Data
     first = bgworkers(config, "db", "init")
     assert first.returncode == 0, first.stderr
     assert "core (" in first.stdout
-    assert "created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)" in first.stdout
+    assert ("created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)"
+            in first.stdout)
     assert "tenant" not in first.stdout  # no organizations yet
 
     add_orgs(dbs.core)
