@@ -45,7 +45,7 @@ from bgworkers import dbadmin, limits  # noqa: E402
 from bgworkers.clock import FixedClock  # noqa: E402
 from bgworkers.db import ensure_database  # noqa: E402
 from bgworkers.demo import Profile, generate  # noqa: E402
-from bgworkers.jobs import dashboard  # noqa: E402
+from bgworkers.jobs import BY_NAME, dashboard  # noqa: E402
 from bgworkers.jobs.base import JobContext  # noqa: E402
 from bgworkers.jobs.dashboard_cycle import cycle_period  # noqa: E402
 from bgworkers.jobs.dashboard_now import QUEUED, RECENT, TEAM_WAITING  # noqa: E402
@@ -179,7 +179,7 @@ def describe(engine: sa.Engine, live: tuple[str, ...]) -> None:
         )
 
 
-def baselines(ctx: JobContext) -> dict[str, sa.Select[Any]]:
+def baselines(ctx: JobContext[Any]) -> dict[str, sa.Select[Any]]:
     """One scan of each table's source rows with the refresh's filters, nothing computed:
     a count plus a sum over columns the refresh reads, so the rows themselves are read."""
     m = dashboard.moment(ctx)
@@ -285,15 +285,8 @@ def main() -> None:
         tenants, _ = discover(settings, dbs.core)
         clock = FixedClock(AT.replace(tzinfo=UTC))
 
-        def ctx(job: str) -> JobContext:
-            return JobContext(
-                job=job,
-                tenant=tenants[0],
-                settings=settings,
-                dbs=dbs,
-                clock=clock,
-                log=get_logger(),
-            )
+        def ctx(job: str) -> JobContext[Any]:
+            return BY_NAME[job].context(settings, tenants[0], dbs, clock, get_logger())
 
         def limit(job: str) -> float:
             return settings.jobs.get(job).run_limit.total_seconds()
@@ -329,7 +322,8 @@ def main() -> None:
         for name, spec in dashboard.TABLES.items():
             job_ctx = ctx("dashboard_fast")
 
-            def refresh(spec: dashboard.SummaryTable = spec, job_ctx: JobContext = job_ctx) -> None:
+            def refresh(spec: dashboard.SummaryTable = spec,
+                        job_ctx: JobContext[Any] = job_ctx) -> None:
                 clock.at += timedelta(minutes=1)
                 with limits.limited(limit("dashboard_fast")), \
                         dashboard.session(job_ctx.db) as conn:

@@ -41,10 +41,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import __version__, limits
-from bgworkers.alerts import OUTBOX_BACKLOG, RULES
+from bgworkers.alerts import OUTBOX_BACKLOG
 from bgworkers.db import error_line
 from bgworkers.history import RunStatus
-from bgworkers.jobs import REGISTRY
+from bgworkers.jobs import BY_NAME, REGISTRY, SERIAL_OUTBOX
 from bgworkers.logs import get_logger
 from bgworkers.outbox_admin import outbox_state
 from bgworkers.scheduler import make_trigger
@@ -78,12 +78,6 @@ def job_interval(job: JobSettings, settings: Settings, now: datetime) -> float:
     first = trigger.get_next_fire_time(None, now)
     second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
     return float((second - first).total_seconds())
-
-
-def alert_events(job: str) -> tuple[str, ...]:
-    """The alert events that can be counted for `job`."""
-    events = tuple(r.event for r in RULES if not r.jobs or job in r.jobs)
-    return events + ((OUTBOX_BACKLOG,) if job == "serial_outbox" else ())
 
 
 class Metrics:
@@ -214,7 +208,7 @@ class Metrics:
                 for status in STATUSES:
                     self.runs.labels(job, tenant, status)
                 self.lease_skips.labels(job, tenant)
-                for event in alert_events(job):
+                for event in BY_NAME[job].alert_events:
                     self.alerts.labels(event, job, tenant)
 
     def _forget(self, tenant: str) -> None:
@@ -225,7 +219,7 @@ class Metrics:
             self._ok_at.pop((job, tenant), None)
             removals += [(self.runs, (job, tenant, s)) for s in STATUSES]
             removals += [(self.lease_skips, (job, tenant)), (self.last_success, (job, tenant))]
-            removals += [(self.alerts, (e, job, tenant)) for e in alert_events(job)]
+            removals += [(self.alerts, (e, job, tenant)) for e in BY_NAME[job].alert_events]
         removals += [(self.outbox, (tenant, s)) for s in OUTBOX_STATUSES]
         removals += [(self.quarantined, (tenant, r)) for r in QUARANTINE_REASONS]
         removals += [(m, (tenant,)) for m in (self.outbox_age, self.watch_fresh, self.watch_up,
@@ -302,7 +296,7 @@ class Metrics:
             self.watch_up.labels(tenant.code).set(1)
             self.watch_fresh.labels(tenant.code).set(now.timestamp())
             if age > limit.total_seconds():
-                self.alerts.labels(OUTBOX_BACKLOG, "serial_outbox", tenant.code).inc()
-                log.warning(OUTBOX_BACKLOG, job="serial_outbox", tenant=tenant.code,
+                self.alerts.labels(OUTBOX_BACKLOG, SERIAL_OUTBOX.name, tenant.code).inc()
+                log.warning(OUTBOX_BACKLOG, job=SERIAL_OUTBOX.name, tenant=tenant.code,
                             oldest_pending_age_s=int(age), threshold_s=int(limit.total_seconds()),
                             pending=state.pending)

@@ -29,6 +29,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from bgworkers.settings_jobs import (
+    DashboardFastSettings,
+    DashboardMediumSettings,
+    DashboardSlowSettings,
     DashboardTierSettings,
     HeartbeatSettings,
     JobSettings,
@@ -54,6 +57,9 @@ __all__ = [
     "DASHBOARD_TABLES",
     "TENANT_CODE_RE",
     "AlertsSettings",
+    "DashboardFastSettings",
+    "DashboardMediumSettings",
+    "DashboardSlowSettings",
     "DashboardTierSettings",
     "DatabaseSettings",
     "ErpSettings",

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from bgworkers.clock import FixedClock
+from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import JobContext
 from bgworkers.logs import get_logger
 from bgworkers.settings import Settings
@@ -14,14 +15,13 @@ from bgworkers.tenancy import Databases, discover
 
 
 def make_context(settings: Settings, dbs: Databases, tenant_code: str, now: datetime,
-                 job: str, dry_run: bool = False) -> JobContext:
-    """A context for one active tenant at a fixed aware time `now`."""
+                 job: str, dry_run: bool = False) -> JobContext[Any]:
+    """A context for one run of `job` for one active tenant at a fixed aware time `now`."""
     tenants, _ = discover(settings, dbs.core)
     tenant = next((t for t in tenants if t.code == tenant_code), None)
     if tenant is None:
         raise LookupError(f"{tenant_code!r} is not an active tenant in core organization")
-    return JobContext(job=job, tenant=tenant, settings=settings, dbs=dbs,
-                      clock=FixedClock(now), log=get_logger(), dry_run=dry_run)
+    return BY_NAME[job].context(settings, tenant, dbs, FixedClock(now), get_logger(), dry_run)
 
 
 def alert_level(job: str, counters: Mapping[str, int]) -> str:
@@ -29,7 +29,7 @@ def alert_level(job: str, counters: Mapping[str, int]) -> str:
     from bgworkers import alerts
     from bgworkers.settings import AlertsSettings
 
-    return alerts.level(alerts.check(job, counters, AlertsSettings()))
+    return alerts.level(alerts.check(BY_NAME[job].rules, counters, AlertsSettings()))
 
 
 def std(seq: int, ptype: str = "hatthasilpa", code: str = "BLVR") -> str:

@@ -170,7 +170,7 @@ def erp_to_utc(local: datetime, erp_tz: tzinfo) -> datetime:
     return local.replace(tzinfo=erp_tz).astimezone(UTC).replace(tzinfo=None)
 
 
-def run(ctx: JobContext) -> Counters:
+def run(ctx: JobContext[SerialConsistencySettings]) -> Counters:
     """Check one tenant (ctx.tenant); counters of SPEC section 4 (`tenants` is the runner's)."""
     check = _Check(ctx)
     check.unlinked_serials()
@@ -180,10 +180,8 @@ def run(ctx: JobContext) -> Counters:
 
 
 class _Check:
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext[SerialConsistencySettings]) -> None:
         settings = ctx.job_settings
-        if not isinstance(settings, SerialConsistencySettings):
-            raise TypeError(f"job {ctx.job!r} has no serial_consistency settings")
         self.ctx, self.settings = ctx, settings
         self.dry_run = ctx.dry_run or settings.dry_run
         self.exempt = compile_patterns(settings.exempt_patterns)

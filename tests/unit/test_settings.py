@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bgworkers.jobs import REGISTRY
 from bgworkers.settings import Settings, SettingsError, load_settings, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,9 +145,8 @@ def test_every_key_in_shipped_settings_has_a_comment() -> None:
 
 def test_every_job_table_has_a_default_trigger() -> None:
     settings = Settings()
-    for name in ("serial_consistency", "serial_outbox", "dashboard_fast", "dashboard_medium",
-                 "dashboard_slow"):
-        job = settings.jobs.get(name)
+    for spec in REGISTRY:
+        job = spec.settings_in(settings)
         assert (job.every is None) != (job.cron is None)
 
 
