@@ -202,6 +202,11 @@ class HeartbeatSettings(JobSettings):
 
 
 class JobsSettings(_Section):
+    """One field per job of `bgworkers.jobs.REGISTRY`, in its order, of the type its spec
+    declares (tests/unit/test_job_declarations.py checks it).  Written out rather than
+    built from the registry: settings load without importing the jobs (which need
+    them), and mypy knows the type of `settings.jobs.serial_outbox`."""
+
     serial_consistency: SerialConsistencySettings = Field(default_factory=SerialConsistencySettings)
     serial_outbox: SerialOutboxSettings = Field(default_factory=SerialOutboxSettings)
     dashboard_fast: DashboardFastSettings = Field(default_factory=DashboardFastSettings)
