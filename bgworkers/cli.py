@@ -22,6 +22,7 @@ from typing import Any
 
 from bgworkers import __version__
 from bgworkers.clock import SystemClock
+from bgworkers.history import RunStatus
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
 from bgworkers.scheduler import changed_sections, describe_trigger, next_fire, plans, reconcile
@@ -76,7 +77,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
         for code, tenant in result.tenants.items():
             counters = " ".join(f"{k}={v}" for k, v in tenant.counters.items())
             noted = runner.errors.get((spec.name, code))
-            reason = "" if tenant.status == "ok" else error_text(
+            reason = "" if tenant.status == RunStatus.OK else error_text(
                 noted[1].removeprefix(f"{spec.name}/{code}: ") if noted else tenant.error or "")
             print(f"  {code:<20} {tenant.status:<8} {' '.join(filter(None, [counters, reason]))}")
         total = result.total(spec.counters)

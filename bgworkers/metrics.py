@@ -52,6 +52,7 @@ from bgworkers.schema.own import run as run_table
 from bgworkers.schema.tenant import (
     ADDED_QUARANTINE_REASONS,
     ERP_QUARANTINE_REASONS,
+    OUTBOX_STATUSES,
     serial_quarantine,
 )
 from bgworkers.settings import JobSettings, Settings
@@ -61,7 +62,6 @@ log = get_logger("bgworkers.metrics")
 QUARANTINE_REASONS = ERP_QUARANTINE_REASONS + ADDED_QUARANTINE_REASONS
 #: Final outcomes of a tenant run: each has a series per job and tenant from the start.
 STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.RUNNING)
-OUTBOX_STATUSES = ("pending", "done", "dead")
 #: Limit of the watch's reads of one tenant.
 WATCH_LIMIT = 10.0
 #: Limit of each start-up read (tenants, run history): a stuck database delays READY little.

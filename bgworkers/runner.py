@@ -47,6 +47,8 @@ STILL_RUNNING = "previous run of this tenant still running"
 #: Outcomes that count as an error of the tick (a partial run counts its own errors).
 _ERRORS = {s.value for s in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.ABANDONED)}
 _FAILING = {s.value for s in FAILING}
+#: Outcomes of a tenant that did not run here, counted by name in the tick's total.
+_NOT_RUN = (RunStatus.SKIPPED.value, MISSED)
 
 
 def _short(exc: BaseException) -> str:
@@ -116,19 +118,18 @@ class TickResult:
         total: Counter[str] = Counter(dict.fromkeys(("tenants", *counter_names), 0))
         for result in self.tenants.values():
             total.update(result.counters)
-            if result.status not in (CLAIMED, MISSED, RunStatus.SKIPPED.value):
+            if result.status not in (CLAIMED, *_NOT_RUN):
                 total["tenants"] += 1
             if result.status in _ERRORS:
                 total["errors"] += 1
-            if result.status in (RunStatus.SKIPPED.value, MISSED):
+            if result.status in _NOT_RUN:
                 total[result.status] += 1
         return dict(total)
 
     def as_json(self, counter_names: tuple[str, ...]) -> dict[str, Any]:
         out = {
             "job": self.job,
-            "tenants": {code: r.counters | ({r.status: 1} if r.status in ("skipped", MISSED)
-                                            else {})
+            "tenants": {code: r.counters | ({r.status: 1} if r.status in _NOT_RUN else {})
                         for code, r in self.tenants.items()},
             "total": self.total(counter_names),
         }
