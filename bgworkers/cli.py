@@ -16,12 +16,12 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bgworkers import __version__
-from bgworkers.clock import SystemClock
+from bgworkers.clock import SystemClock, naive_utc
 from bgworkers.history import RunStatus
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
@@ -275,7 +275,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     at = None
     if args.at:
         at = datetime.fromisoformat(args.at)
-        at = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+        at = naive_utc(at)
     return _with_databases(args, lambda s, d: demo.generate(
         s, d, tenants=args.tenants, scale=args.scale, seed=args.seed, at=at, reset=args.reset,
         out=print))

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, String, literal, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.clock import Clock, SystemClock
+from bgworkers.clock import Clock, SystemClock, naive_utc
 from bgworkers.db import error_line, is_sqlite
 from bgworkers.explain_rules import Judge, describe_format
 from bgworkers.explain_text import render
@@ -113,7 +113,7 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
             facts.registry = _registry(conn, serial)
     except SQLAlchemyError as exc:
         facts.registry_error = error_line(exc)
-    utc_now = clock.now().astimezone(UTC).replace(tzinfo=None)
+    utc_now = naive_utc(clock.now())
     judge = Judge(settings, serial, facts.registry, facts.registry_error is None, utc_now)
     if facts.registry is not None:
         facts.registry["hash_check"] = judge.hash_check

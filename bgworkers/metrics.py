@@ -25,7 +25,7 @@ import platform
 import threading
 from collections.abc import Iterable
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import __version__, limits
 from bgworkers.alerts import OUTBOX_BACKLOG
+from bgworkers.clock import aware_utc, naive_utc
 from bgworkers.db import error_line
 from bgworkers.history import RunStatus
 from bgworkers.jobs import BY_NAME, REGISTRY, SERIAL_OUTBOX
@@ -165,7 +166,7 @@ class Metrics:
         with self._lock:
             for job, tenant, ended in rows:
                 if job in self._jobs and tenant in self._tenants and ended is not None:
-                    self._success(job, tenant, ended.replace(tzinfo=UTC).timestamp())
+                    self._success(job, tenant, aware_utc(ended).timestamp())
             self._restored = True
         log.info("metrics_restored", last_success=sum(
             1 for j, t, _ in rows if j in self._jobs and t in self._tenants))
@@ -258,7 +259,7 @@ class Metrics:
         """Refresh outbox and quarantine gauges per tenant; log outbox backlog alerts."""
         self._configure(settings, now)
         limit = settings.alerts.outbox_oldest_pending
-        utc_now = now.astimezone(UTC).replace(tzinfo=None)
+        utc_now = naive_utc(now)
         try:
             with limits.limited(WATCH_LIMIT):
                 tenants, _ = discover(settings, dbs.core)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from structlog.typing import FilteringBoundLogger
 
 from bgworkers import alerts, history, limits, pauses
-from bgworkers.clock import Clock, SystemClock
+from bgworkers.clock import Clock, SystemClock, naive_utc
 from bgworkers.db import error_line
 from bgworkers.history import FAILING, RunStatus
 from bgworkers.jobs import BY_NAME
@@ -383,7 +383,7 @@ class Runner:
                dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
         """Take the lease and claim the tick, in one transaction; a TenantResult when the
         run must not go on."""
-        tick = tick_at.astimezone(UTC).replace(tzinfo=None)
+        tick = naive_utc(tick_at)
         try:
             with dbs.coordination.connect() as conn:
                 # The lease first, then the run's row: its start is stamped once the lease
@@ -541,7 +541,7 @@ class Runner:
         """Not run: paused by an operator.  Its tick gets a `skipped` row saying so."""
         write = functools.partial(
             pauses.record_paused, job=job, tenant=tenant,
-            tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
+            tick_at=naive_utc(tick_at), run_id=str(uuid.uuid4()),
             host=self.host, pid=self.pid, pause=pause)
         if self._write_or_defer(f"paused {job}/{tenant}", write, dbs.coordination,
                                 job=job, tenant=tenant) is False:
@@ -555,7 +555,7 @@ class Runner:
         """Record that this tenant's tick did not run here (a no-op where another ran it)."""
         write = functools.partial(
             history.record_missed, job=job, tenant=tenant,
-            tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
+            tick_at=naive_utc(tick_at), run_id=str(uuid.uuid4()),
             host=self.host, pid=self.pid, reason=reason)
         self._write_or_defer(f"missed {job}/{tenant}", write, self.dbs.coordination,
                              job=job, tenant=tenant)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy import Engine, Table
@@ -12,7 +12,7 @@ from structlog.typing import FilteringBoundLogger
 
 from bgworkers import limits
 from bgworkers.alerts import EVERY_JOB, Rule
-from bgworkers.clock import Clock
+from bgworkers.clock import Clock, naive_local, naive_utc
 from bgworkers.settings import JobSettings, Settings
 from bgworkers.tenancy import Databases, Tenant
 
@@ -119,12 +119,12 @@ class JobContext(Generic[S]):
     @property
     def erp_now(self) -> datetime:
         """Naive local time of the ERP, as its non-serial tables store it."""
-        return self.now.astimezone(self.settings.erp.tz).replace(tzinfo=None)
+        return naive_local(self.now, self.settings.erp.tz)
 
     @property
     def utc_now(self) -> datetime:
         """Naive UTC, as the serial tables store it."""
-        return self.now.astimezone(UTC).replace(tzinfo=None)
+        return naive_utc(self.now)
 
     @property
     def core(self) -> Engine:
