@@ -41,7 +41,6 @@ from bgworkers.settings_jobs import (
 )
 from bgworkers.settings_values import (
     DASHBOARD_TABLES,
-    TENANT_CODE_RE,
     DbUrl,
     PositiveDuration,
     TenantCode,
@@ -51,11 +50,11 @@ from bgworkers.settings_values import (
     check_tenant_url,
     format_duration,
     parse_duration,
+    tenant_code_problem,
 )
 
 __all__ = [
     "DASHBOARD_TABLES",
-    "TENANT_CODE_RE",
     "AlertsSettings",
     "DashboardFastSettings",
     "DashboardMediumSettings",
@@ -78,6 +77,7 @@ __all__ = [
     "format_duration",
     "load_settings",
     "parse_duration",
+    "tenant_code_problem",
 ]
 
 DEFAULT_CONFIG = Path("settings.toml")

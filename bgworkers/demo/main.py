@@ -30,7 +30,7 @@ from bgworkers.demo.stamps import Stamps, anchor, epoch
 from bgworkers.demo.tenant import TenantGenerator, TenantRun
 from bgworkers.demo.writer import BulkWriter, WriterError
 from bgworkers.schema import core, own, tenant
-from bgworkers.settings import TENANT_CODE_RE, Settings, TenantsSettings
+from bgworkers.settings import Settings, TenantsSettings, tenant_code_problem
 from bgworkers.tenancy import Databases, is_active
 
 Out = Callable[[str], None]
@@ -235,12 +235,11 @@ def _prepare(settings: Settings, dbs: Databases, orgs: list[Org], reset: bool, o
             )
     else:
         codes = list(dict.fromkeys([*existing, *demo_codes]))
-        skipped = [code for code in codes if not TENANT_CODE_RE.fullmatch(code)]
-        for code in skipped:
-            out(
-                f"demo-data: --reset: tenant code {code!r} is not a valid code, its database "
-                "is left alone"
-            )
+        problems = {code: problem for code in codes
+                    if (problem := tenant_code_problem(code)) is not None}
+        for problem in problems.values():
+            out(f"demo-data: --reset: {problem}; its database is left alone")
+        skipped = list(problems)
         cleared = [
             code for code in codes if code not in skipped and _clear_tenant(settings, dbs, code)
         ]
