@@ -1,9 +1,9 @@
 """Alert rules: a counter of a tenant run above its `[alerts]` threshold.
 
-A job's own rules are part of its spec (`bgworkers.jobs`); `EVERY_JOB` applies to
-all of them.  Each crossing is logged as an event with a stable name (for journalctl and
-log-based alerting) and counted in the metrics; the tenant's result event is
-logged at the highest level among its alerts.
+A job's own rules are part of its spec (`bgworkers.jobs`); `EVERY_JOB` applies
+to all of them.  Each crossing is logged as an event with a stable name (for
+journalctl and log-based alerting) and counted in the metrics; the tenant's
+result event is logged at the highest level among its alerts.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from bgworkers.logs import LEVELS
 from bgworkers.settings import AlertsSettings
-
-LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 @dataclass(frozen=True)
 class Rule:
     event: str
-    level: str
+    level: str  # a logs.LEVELS name
     counter: str
     threshold: str  # the AlertsSettings field
 

@@ -27,7 +27,7 @@ from bgworkers.history import FAILING, RunStatus
 from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost, S
 from bgworkers.leases import Lease, Leases
-from bgworkers.logs import get_logger, log_context
+from bgworkers.logs import LEVELS, get_logger, log_context
 from bgworkers.metrics import Metrics
 from bgworkers.schema import core, needs
 from bgworkers.settings import Settings
@@ -311,7 +311,7 @@ class Runner:
         total = result.total(spec.counters)
         worst = "warning" if result.failed else alerts.level(
             a for r in result.tenants.values() for a in r.alerts)
-        log.log(alerts.LEVELS[worst], "job_run_summary",
+        log.log(LEVELS[worst], "job_run_summary",
                 job=spec.name, tick=result.tick_at.isoformat(), dry_run=result.dry_run,
                 ms=int((time.monotonic() - started) * 1000),
                 **{f"tenants_{k}": v for k, v in statuses.items()}, **total)
@@ -453,12 +453,12 @@ class Runner:
             result.alerts = alerts.check(spec.rules, result.counters, ctx.settings.alerts)
             level = alerts.level(result.alerts)
             if result.status == RunStatus.PARTIAL:
-                level = max(level, "warning", key=alerts.LEVELS.__getitem__)
-            ctx.log.log(alerts.LEVELS[level], "job_tenant_result", status=result.status,
+                level = max(level, "warning", key=LEVELS.__getitem__)
+            ctx.log.log(LEVELS[level], "job_tenant_result", status=result.status,
                         ms=ms, dry_run=ctx.dry_run, **result.counters,
                         **({"error": result.error} if result.error else {}))
             for alert in result.alerts:
-                ctx.log.log(alerts.LEVELS[alert.level], alert.event, counter=alert.counter,
+                ctx.log.log(LEVELS[alert.level], alert.event, counter=alert.counter,
                             value=alert.value, threshold=alert.threshold)
         return result
 
