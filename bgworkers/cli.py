@@ -134,13 +134,14 @@ def _pauses(settings: Settings) -> tuple[dict[tuple[str, str], Any], str | None]
     from sqlalchemy.exc import SQLAlchemyError
 
     from bgworkers import limits, pauses
-    from bgworkers.db import error_line, is_sqlite
+    from bgworkers.db import error_line
+    from bgworkers.dialects import missing_sqlite_file
 
     dbs = Databases(settings)
     try:
         url = dbs.url(settings.database.coordination_url or settings.database.core_url)
-        if is_sqlite(url) and url.database and not Path(url.database).exists():
-            return {}, f"no database at {url.database}"
+        if (missing := missing_sqlite_file(url)) is not None:
+            return {}, f"no database at {missing}"
         with limits.limited(pauses.READ_LIMIT):
             return pauses.read(dbs.coordination), None
     except (SQLAlchemyError, limits.RunTimedOut) as exc:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, literal, select
@@ -29,7 +28,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.clock import Clock, SystemClock, naive_utc
-from bgworkers.db import error_line, is_sqlite
+from bgworkers.db import error_line
+from bgworkers.dialects import is_sqlite, missing_sqlite_file
 from bgworkers.explain_rules import Judge, describe_format
 from bgworkers.explain_text import render
 from bgworkers.jobs.serial_checks import as_text, date_text, same_text
@@ -144,7 +144,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
     `READ ONLY` transaction.
     """
     with engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
+        if not is_sqlite(conn):
             conn.exec_driver_sql("START TRANSACTION READ ONLY")
             yield conn  # the pool rolls it back on return
             return
@@ -163,9 +163,8 @@ def read_only(engine: Engine) -> Iterator[Connection]:
 
 def _require_file(url: URL, what: str) -> None:
     """A SQLite database must exist already: connecting would create an empty file."""
-    name = url.database
-    if is_sqlite(url) and name and name != ":memory:" and not name.startswith("file:") \
-            and not Path(name).exists():
+    name = missing_sqlite_file(url)
+    if name is not None:
         raise BadInput(f"{what}: database file {name} does not exist")
 
 
@@ -199,7 +198,7 @@ def _registry(conn: Connection, serial: str) -> Record | None:
 
 
 def _read_tenant(conn: Connection, serial: str, into: TenantFacts) -> None:
-    dialect, value = conn.dialect.name, literal(serial, String)
+    dialect, value = conn.dialect, literal(serial, String)
     ft, node = erp.flow_token, erp.routing_node
     into.tokens = _all(conn, select(
         ft.c.id_token, as_text(ft.c.token_type), as_text(ft.c.status), ft.c.current_node_id,

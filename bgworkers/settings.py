@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from bgworkers.dialects import sqlite_file
 from bgworkers.settings_jobs import (
     DashboardFastSettings,
     DashboardMediumSettings,
@@ -144,10 +145,8 @@ class DatabaseSettings(_Section):
         """The URL to connect with: a relative SQLite path anchored at the settings
         file's directory, the configured password filled in where the URL has none."""
         url = make_url(raw)
-        name = url.database
-        if (self._sqlite_base is not None and url.get_backend_name() == "sqlite" and name
-                and name != ":memory:" and not name.startswith("file:")
-                and not Path(name).is_absolute()):
+        name = sqlite_file(url)
+        if self._sqlite_base is not None and name is not None and not Path(name).is_absolute():
             url = url.set(database=str(self._sqlite_base / name))
         if self.password is not None and url.username and url.password is None:
             url = url.set(password=self.password.get_secret_value())

@@ -19,7 +19,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from bgworkers.db import DatabaseEngine, is_sqlite, make_engine, server_url
+from bgworkers.db import DatabaseEngine, make_engine, server_url
+from bgworkers.dialects import backend, is_sqlite, sqlite_file
 from bgworkers.logs import get_logger
 from bgworkers.schema import core
 from bgworkers.settings import Settings, tenant_code_problem
@@ -94,16 +95,14 @@ def _organizations(core_engine: Engine) -> list[_Org]:
 def database_identity(url: URL) -> tuple[str, ...]:
     """What makes two URLs the same database: backend, host, port and database name;
     for SQLite the resolved file path."""
-    backend = url.get_backend_name()
-    name = url.database or ""
-    if backend == "sqlite":
-        if name and name != ":memory:" and not name.startswith("file:"):
-            name = str(Path(name).expanduser().resolve())
-        return (backend, name)
+    kind, name = backend(url), url.database or ""
+    if is_sqlite(url):
+        file = sqlite_file(url)
+        return (kind, name if file is None else str(Path(file).expanduser().resolve()))
     default_ports = {"mysql": "3306", "mariadb": "3306", "postgresql": "5432"}
     socket = url.query.get("unix_socket", "")
-    return (backend, (url.host or "localhost").lower(),
-            str(url.port) if url.port else default_ports.get(backend, ""),
+    return (kind, (url.host or "localhost").lower(),
+            str(url.port) if url.port else default_ports.get(kind, ""),
             socket if isinstance(socket, str) else ",".join(socket), name)
 
 

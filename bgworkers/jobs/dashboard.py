@@ -40,7 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.db import error_line, is_sqlite
+from bgworkers.db import error_line
+from bgworkers.dialects import is_sqlite
 from bgworkers.jobs import dashboard_cycle as cycle
 from bgworkers.jobs import dashboard_now as now
 from bgworkers.jobs import dashboard_trends as trends

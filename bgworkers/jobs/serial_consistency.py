@@ -182,7 +182,7 @@ class _Check:
         self.dry_run = ctx.dry_run or settings.dry_run
         self.exempt = compile_patterns(settings.exempt_patterns)
         self.live = list(ctx.settings.erp.live_token_statuses)
-        self.dialect = ctx.db.dialect.name
+        self.dialect = ctx.db.dialect
         self.counts: Counter[str] = Counter()
         self.done = Done()
         self.core_ok = True
