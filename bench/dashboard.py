@@ -39,7 +39,7 @@ from bgworkers.clock import FixedClock
 from bgworkers.db import ensure_database
 from bgworkers.demo import Profile, generate
 from bgworkers.harness import mariadb_server
-from bgworkers.jobs import dashboard
+from bgworkers.jobs import BY_NAME, dashboard
 from bgworkers.jobs.base import JobContext
 from bgworkers.jobs.dashboard_cycle import cycle_period
 from bgworkers.jobs.dashboard_now import QUEUED, RECENT, TEAM_WAITING
@@ -156,7 +156,7 @@ def describe(engine: sa.Engine, live: tuple[str, ...]) -> None:
         )
 
 
-def baselines(ctx: JobContext) -> dict[str, sa.Select[Any]]:
+def baselines(ctx: JobContext[Any]) -> dict[str, sa.Select[Any]]:
     """One scan of each table's source rows with the refresh's filters, nothing computed:
     a count plus a sum over columns the refresh reads, so the rows themselves are read."""
     m = dashboard.moment(ctx)
@@ -262,15 +262,8 @@ def main() -> None:
         tenants, _ = discover(settings, dbs.core)
         clock = FixedClock(AT.replace(tzinfo=UTC))
 
-        def ctx(job: str) -> JobContext:
-            return JobContext(
-                job=job,
-                tenant=tenants[0],
-                settings=settings,
-                dbs=dbs,
-                clock=clock,
-                log=get_logger(),
-            )
+        def ctx(job: str) -> JobContext[Any]:
+            return BY_NAME[job].context(settings, tenants[0], dbs, clock, get_logger())
 
         def limit(job: str) -> float:
             return settings.jobs.get(job).run_limit.total_seconds()
@@ -306,7 +299,8 @@ def main() -> None:
         for name, spec in dashboard.TABLES.items():
             job_ctx = ctx("dashboard_fast")
 
-            def refresh(spec: dashboard.SummaryTable = spec, job_ctx: JobContext = job_ctx) -> None:
+            def refresh(spec: dashboard.SummaryTable = spec,
+                        job_ctx: JobContext[Any] = job_ctx) -> None:
                 clock.at += timedelta(minutes=1)
                 with limits.limited(limit("dashboard_fast")), \
                         dashboard.session(job_ctx.db) as conn:

@@ -34,8 +34,7 @@ import sqlalchemy as sa
 from bgworkers import dbadmin
 from bgworkers.clock import FixedClock
 from bgworkers.harness import mariadb_server
-from bgworkers.jobs import serial_outbox
-from bgworkers.jobs.base import JobContext
+from bgworkers.jobs import SERIAL_OUTBOX, serial_outbox
 from bgworkers.logs import get_logger
 from bgworkers.schema import core, tenant
 from bgworkers.settings import Settings
@@ -163,14 +162,9 @@ def drain(settings: Settings, dbs: Databases, batch: int) -> None:
             "serial_outbox": settings.jobs.serial_outbox.model_copy(update={"batch_size": batch})
         }
     )
-    ctx = JobContext(
-        job="serial_outbox",
-        tenant=Tenant(1, "DEFAULT", "Bellavier Atelier", "BLVR"),
-        settings=settings.model_copy(update={"jobs": jobs}),
-        dbs=dbs,
-        clock=FixedClock(NOW),
-        log=get_logger(),
-    )
+    ctx = SERIAL_OUTBOX.context(settings.model_copy(update={"jobs": jobs}),
+                                Tenant(1, "DEFAULT", "Bellavier Atelier", "BLVR"), dbs,
+                                FixedClock(NOW), get_logger())
     done = runs = 0
     while done < ROWS:  # drained when every row is done (no run is spent finding none left)
         result = serial_outbox.run(ctx)

@@ -1,8 +1,9 @@
 """Alert rules: a counter of a tenant run above its `[alerts]` threshold.
 
-Each crossing is logged as an event with a stable name (for journalctl and
-log-based alerting) and counted in the metrics; the tenant's result event is
-logged at the highest level among its alerts.
+A job's own rules are part of its spec (`bgworkers.jobs`); `EVERY_JOB` applies
+to all of them.  Each crossing is logged as an event with a stable name (for
+journalctl and log-based alerting) and counted in the metrics; the tenant's
+result event is logged at the highest level among its alerts.
 """
 
 from __future__ import annotations
@@ -10,18 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from bgworkers.logs import LEVELS
 from bgworkers.settings import AlertsSettings
-
-LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 @dataclass(frozen=True)
 class Rule:
     event: str
-    level: str
+    level: str  # a logs.LEVELS name
     counter: str
     threshold: str  # the AlertsSettings field
-    jobs: tuple[str, ...] = ()  # empty: every job
 
 
 @dataclass(frozen=True)
@@ -33,24 +32,18 @@ class Alert:
     threshold: int
 
 
-RULES = (
-    Rule("alert_quarantine_spike", "warning", "quarantined", "quarantined_per_run",
-         ("serial_consistency",)),
-    Rule("alert_outbox_dead", "error", "marked_dead", "outbox_dead_per_run", ("serial_outbox",)),
-    Rule("alert_outbox_failed_retries", "warning", "failed_retry", "failed_retries_per_run",
-         ("serial_outbox",)),
-    Rule("alert_job_errors", "warning", "errors", "errors_per_run"),
-)
+#: The rules of every job (each job's counters have `errors`).
+EVERY_JOB = (Rule("alert_job_errors", "warning", "errors", "errors_per_run"),)
 #: Logged by the outbox watch when a tenant's oldest pending row is older than
 #: alerts.outbox_oldest_pending (not a per-run counter).
 OUTBOX_BACKLOG = "alert_outbox_backlog"
 
 
-def check(job: str, counters: Mapping[str, int], settings: AlertsSettings) -> list[Alert]:
+def check(rules: Iterable[Rule], counters: Mapping[str, int],
+          settings: AlertsSettings) -> list[Alert]:
+    """The alerts of one tenant run: its counters above their rules' thresholds."""
     alerts = []
-    for rule in RULES:
-        if rule.jobs and job not in rule.jobs:
-            continue
+    for rule in rules:
         value, limit = counters.get(rule.counter, 0), getattr(settings, rule.threshold)
         if value > limit:
             alerts.append(Alert(rule.event, rule.level, rule.counter, value, limit))

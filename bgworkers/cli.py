@@ -16,12 +16,13 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bgworkers import __version__
-from bgworkers.clock import SystemClock
+from bgworkers.clock import SystemClock, naive_utc
+from bgworkers.history import RunStatus
 from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.logs import configure_logging
 from bgworkers.scheduler import changed_sections, describe_trigger, next_fire, plans, reconcile
@@ -76,7 +77,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
         for code, tenant in result.tenants.items():
             counters = " ".join(f"{k}={v}" for k, v in tenant.counters.items())
             noted = runner.errors.get((spec.name, code))
-            reason = "" if tenant.status == "ok" else error_text(
+            reason = "" if tenant.status == RunStatus.OK else error_text(
                 noted[1].removeprefix(f"{spec.name}/{code}: ") if noted else tenant.error or "")
             print(f"  {code:<20} {tenant.status:<8} {' '.join(filter(None, [counters, reason]))}")
         total = result.total(spec.counters)
@@ -133,13 +134,14 @@ def _pauses(settings: Settings) -> tuple[dict[tuple[str, str], Any], str | None]
     from sqlalchemy.exc import SQLAlchemyError
 
     from bgworkers import limits, pauses
-    from bgworkers.db import error_line, is_sqlite
+    from bgworkers.db import error_line
+    from bgworkers.dialects import missing_sqlite_file
 
     dbs = Databases(settings)
     try:
         url = dbs.url(settings.database.coordination_url or settings.database.core_url)
-        if is_sqlite(url) and url.database and not Path(url.database).exists():
-            return {}, f"no database at {url.database}"
+        if (missing := missing_sqlite_file(url)) is not None:
+            return {}, f"no database at {missing}"
         with limits.limited(pauses.READ_LIMIT):
             return pauses.read(dbs.coordination), None
     except (SQLAlchemyError, limits.RunTimedOut) as exc:
@@ -274,7 +276,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     at = None
     if args.at:
         at = datetime.fromisoformat(args.at)
-        at = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+        at = naive_utc(at)
     return _with_databases(args, lambda s, d: demo.generate(
         s, d, tenants=args.tenants, scale=args.scale, seed=args.seed, at=at, reset=args.reset,
         out=print))

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.pool import PoolProxiedConnection
 
 from bgworkers import limits
+from bgworkers.dialects import is_sqlite, sqlite_file
 from bgworkers.schema.types import PreciseDateTime
 from bgworkers.settings import DatabaseSettings
 
@@ -23,10 +24,6 @@ def error_line(exc: BaseException) -> str:
     """First line of a database error's own message (without SQLAlchemy's SQL and parameters)."""
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return lines[0] if lines else ""
-
-
-def is_sqlite(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite"
 
 
 def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None = None,
@@ -156,8 +153,8 @@ def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
     Returns True when a MySQL database was created.
     """
     if is_sqlite(url):
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if (name := sqlite_file(url)) is not None:
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
         return False
     if not url.database:
         return False
@@ -197,7 +194,7 @@ def db_now(bind: Engine | Connection, plus_seconds: float = 0.0) -> ColumnElemen
     SQLAlchemy stores DATETIME in on SQLite.
     """
     micros = round(plus_seconds * 1_000_000)
-    if bind.dialect.name == "sqlite":
+    if is_sqlite(bind):
         sql = f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{micros / 1_000_000:+f} seconds') || '000')"
     else:
         sql = f"TIMESTAMPADD(MICROSECOND, {micros}, UTC_TIMESTAMP(6))"

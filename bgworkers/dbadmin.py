@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.db import ensure_database, error_line, is_sqlite
+from bgworkers.db import ensure_database, error_line
+from bgworkers.dialects import missing_sqlite_file
 from bgworkers.schema import core, migrate, needs, tenant
 from bgworkers.settings import Settings
 from bgworkers.tenancy import Databases, discover
@@ -144,7 +144,7 @@ def check(settings: Settings, dbs: Databases, out: Out) -> int:
         return _failed(targets[0], dbs, exc, out)
     for target in targets:
         url = dbs.url(target.raw_url)
-        if is_sqlite(url) and url.database and not Path(url.database).exists():
+        if missing_sqlite_file(url) is not None:
             out(f"{_label(target, dbs)}: MISSING database file")
             status = 1
             continue

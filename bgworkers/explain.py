@@ -20,16 +20,16 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, literal, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.clock import Clock, SystemClock
-from bgworkers.db import error_line, is_sqlite
+from bgworkers.clock import Clock, SystemClock, naive_utc
+from bgworkers.db import error_line
+from bgworkers.dialects import is_sqlite, missing_sqlite_file
 from bgworkers.explain_rules import Judge, describe_format
 from bgworkers.explain_text import render
 from bgworkers.jobs.serial_checks import as_text, date_text, same_text
@@ -113,7 +113,7 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
             facts.registry = _registry(conn, serial)
     except SQLAlchemyError as exc:
         facts.registry_error = error_line(exc)
-    utc_now = clock.now().astimezone(UTC).replace(tzinfo=None)
+    utc_now = naive_utc(clock.now())
     judge = Judge(settings, serial, facts.registry, facts.registry_error is None, utc_now)
     if facts.registry is not None:
         facts.registry["hash_check"] = judge.hash_check
@@ -144,7 +144,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
     `READ ONLY` transaction.
     """
     with engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
+        if not is_sqlite(conn):
             conn.exec_driver_sql("START TRANSACTION READ ONLY")
             yield conn  # the pool rolls it back on return
             return
@@ -163,9 +163,8 @@ def read_only(engine: Engine) -> Iterator[Connection]:
 
 def _require_file(url: URL, what: str) -> None:
     """A SQLite database must exist already: connecting would create an empty file."""
-    name = url.database
-    if is_sqlite(url) and name and name != ":memory:" and not name.startswith("file:") \
-            and not Path(name).exists():
+    name = missing_sqlite_file(url)
+    if name is not None:
         raise BadInput(f"{what}: database file {name} does not exist")
 
 
@@ -199,7 +198,7 @@ def _registry(conn: Connection, serial: str) -> Record | None:
 
 
 def _read_tenant(conn: Connection, serial: str, into: TenantFacts) -> None:
-    dialect, value = conn.dialect.name, literal(serial, String)
+    dialect, value = conn.dialect, literal(serial, String)
     ft, node = erp.flow_token, erp.routing_node
     into.tokens = _all(conn, select(
         ft.c.id_token, as_text(ft.c.token_type), as_text(ft.c.status), ft.c.current_node_id,

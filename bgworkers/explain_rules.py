@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from bgworkers.clock import naive_utc
 from bgworkers.jobs.serial_checks import FINISHED_TICKET_STATUSES
 from bgworkers.jobs.serial_consistency import (
     NOT_QUARANTINED,
     OUTCOME_COUNTERS,
     Registered,
     date_problem,
-    erp_to_utc,
     hash_verdict,
     salt_key,
     token_outcomes,
@@ -233,7 +233,7 @@ class Judge:
                                   date_problem("spawned_at", token["spawned_at"]),
                                   "the tenant link is not set (counted in bad_rows) until "
                                   "the date is fixed")
-            at = erp_to_utc(token["spawned_at"], self.erp_tz)
+            at = naive_utc(token["spawned_at"], self.erp_tz)
             return self._make(outcome, "job_ticket_serial", sid,
                               f"not linked while live piece token {first} carries it",
                               f"would set spawned_token_id = {first}, "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bgworkers.clock import FixedClock
+from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.base import JobContext
 from bgworkers.logs import get_logger
 from bgworkers.settings import Settings
@@ -160,11 +161,10 @@ def events(log: Path, name: str | None = None) -> list[dict[str, Any]]:
 
 
 def make_context(settings: Settings, dbs: Databases, tenant_code: str, now: datetime,
-                 job: str, dry_run: bool = False) -> JobContext:
+                 job: str, dry_run: bool = False) -> JobContext[Any]:
     """A context for calling a job's `run` for one active tenant at a fixed aware time."""
     tenants, _ = discover(settings, dbs.core)
     tenant = next((t for t in tenants if t.code == tenant_code), None)
     if tenant is None:
         raise LookupError(f"{tenant_code!r} is not an active tenant in core organization")
-    return JobContext(job=job, tenant=tenant, settings=settings, dbs=dbs,
-                      clock=FixedClock(now), log=get_logger(), dry_run=dry_run)
+    return BY_NAME[job].context(settings, tenant, dbs, FixedClock(now), get_logger(), dry_run)

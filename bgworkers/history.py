@@ -18,6 +18,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bgworkers.clock import naive_utc
 from bgworkers.db import db_now, transaction
 from bgworkers.schema.own import run as run_table
 
@@ -127,4 +128,4 @@ def prune(engine: Engine, older_than: datetime, batch: int = 5000) -> int:
 
 
 def retention_cutoff(now: datetime, retention: timedelta) -> datetime:
-    return (now - retention).replace(tzinfo=None)
+    return naive_utc(now - retention)

@@ -15,17 +15,18 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import limits
+from bgworkers.clock import aware_utc, naive_utc
 from bgworkers.db import error_line
 from bgworkers.history import RunStatus
 from bgworkers.schema.own import run
-from bgworkers.status import aware, duration_s, headline, iso
+from bgworkers.status import duration_s, headline, iso
 
 Out = Callable[[str], None]
 DEFAULT_LIMIT = 50
@@ -49,14 +50,14 @@ def since_type(now: Callable[[], datetime]) -> Callable[[str], datetime]:
         value = text.strip()
         if value and _AGO.sub("", value) == "":
             span = sum((int(n) * _UNIT[u] for n, u in _AGO.findall(value)), 0)
-            return now().astimezone(UTC) - timedelta(seconds=span)
+            return aware_utc(now()) - timedelta(seconds=span)
         try:
             at = datetime.fromisoformat(value)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is neither an ISO time (2026-12-01T08:00, UTC unless an offset is "
                 f"given) nor a duration ago (30m, 2h, 1d, 1w)") from None
-        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        return aware_utc(at)
     return parse
 
 
@@ -133,14 +134,14 @@ def read(engine: Engine, *, job: str | None = None, tenant: str | None = None,
     if tenant is not None:
         query = query.where(c.tenant == tenant)
     if since is not None:
-        query = query.where(c.started_at >= since.astimezone(UTC).replace(tzinfo=None))
+        query = query.where(c.started_at >= naive_utc(since))
     if statuses:
         query = query.where(c.status.in_(list(statuses)))
     query = query.order_by(c.started_at.desc(), c.id.desc()).limit(limit + 1)
     with limits.limited(READ_LIMIT), engine.connect() as conn:
         found = conn.execute(query).all()
-    rows = [Row(int(r.id), r.job, r.tenant, aware(r.tick_at), aware(r.started_at),
-                aware(r.ended_at) if r.ended_at is not None else None, r.status, r.host,
+    rows = [Row(int(r.id), r.job, r.tenant, aware_utc(r.tick_at), aware_utc(r.started_at),
+                aware_utc(r.ended_at) if r.ended_at is not None else None, r.status, r.host,
                 int(r.pid), r.run_id, _counters(r.counters), r.error)
             for r in found[:limit]]
     return rows, len(found) > limit

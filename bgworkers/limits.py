@@ -37,6 +37,8 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, event, exc
 
+from bgworkers.dialects import is_sqlite_dbapi
+
 #: SQLite busy timeout outside a run, in milliseconds (a writer waits that long for a lock).
 SQLITE_BUSY_MS = 30_000
 #: How often the watchdog looks for runs past their limit.
@@ -160,7 +162,7 @@ def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         record.info["bgw_limit"] = limit
     limited_before = record.info.pop("bgw_limited", False)
     try:
-        if _is_sqlite(dbapi_conn):
+        if is_sqlite_dbapi(dbapi_conn):
             busy = SQLITE_BUSY_MS if limit is None else math.ceil(seconds * 1000)
             dbapi_conn.execute(f"PRAGMA busy_timeout = {busy}")
         elif limit is not None:
@@ -210,10 +212,6 @@ def _before_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> No
         limit.statement = statement
 
 
-def _is_sqlite(dbapi_conn: Any) -> bool:
-    return type(dbapi_conn).__module__.startswith("sqlite3")
-
-
 # ------------------------------------------------------------------ watchdog
 
 
@@ -225,7 +223,7 @@ def _cutter(dbapi_conn: Any) -> Callable[[], None]:
     checked again by inode when used, so a descriptor number reused after the
     connection closed is never touched.
     """
-    if _is_sqlite(dbapi_conn):
+    if is_sqlite_dbapi(dbapi_conn):
         return cast(Callable[[], None], dbapi_conn.interrupt)
     fd = dbapi_conn.fileno()
     inode = os.fstat(fd).st_ino

@@ -25,7 +25,7 @@ import platform
 import threading
 from collections.abc import Iterable
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,10 +41,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import __version__, limits
-from bgworkers.alerts import OUTBOX_BACKLOG, RULES
+from bgworkers.alerts import OUTBOX_BACKLOG
+from bgworkers.clock import aware_utc, naive_utc
 from bgworkers.db import error_line
 from bgworkers.history import RunStatus
-from bgworkers.jobs import REGISTRY
+from bgworkers.jobs import BY_NAME, REGISTRY, SERIAL_OUTBOX
 from bgworkers.logs import get_logger
 from bgworkers.outbox_admin import outbox_state
 from bgworkers.scheduler import make_trigger
@@ -52,6 +53,7 @@ from bgworkers.schema.own import run as run_table
 from bgworkers.schema.tenant import (
     ADDED_QUARANTINE_REASONS,
     ERP_QUARANTINE_REASONS,
+    OUTBOX_STATUSES,
     serial_quarantine,
 )
 from bgworkers.settings import JobSettings, Settings
@@ -61,7 +63,6 @@ log = get_logger("bgworkers.metrics")
 QUARANTINE_REASONS = ERP_QUARANTINE_REASONS + ADDED_QUARANTINE_REASONS
 #: Final outcomes of a tenant run: each has a series per job and tenant from the start.
 STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.RUNNING)
-OUTBOX_STATUSES = ("pending", "done", "dead")
 #: Limit of the watch's reads of one tenant.
 WATCH_LIMIT = 10.0
 #: Limit of each start-up read (tenants, run history): a stuck database delays READY little.
@@ -78,12 +79,6 @@ def job_interval(job: JobSettings, settings: Settings, now: datetime) -> float:
     first = trigger.get_next_fire_time(None, now)
     second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
     return float((second - first).total_seconds())
-
-
-def alert_events(job: str) -> tuple[str, ...]:
-    """The alert events that can be counted for `job`."""
-    events = tuple(r.event for r in RULES if not r.jobs or job in r.jobs)
-    return events + ((OUTBOX_BACKLOG,) if job == "serial_outbox" else ())
 
 
 class Metrics:
@@ -171,7 +166,7 @@ class Metrics:
         with self._lock:
             for job, tenant, ended in rows:
                 if job in self._jobs and tenant in self._tenants and ended is not None:
-                    self._success(job, tenant, ended.replace(tzinfo=UTC).timestamp())
+                    self._success(job, tenant, aware_utc(ended).timestamp())
             self._restored = True
         log.info("metrics_restored", last_success=sum(
             1 for j, t, _ in rows if j in self._jobs and t in self._tenants))
@@ -214,7 +209,7 @@ class Metrics:
                 for status in STATUSES:
                     self.runs.labels(job, tenant, status)
                 self.lease_skips.labels(job, tenant)
-                for event in alert_events(job):
+                for event in BY_NAME[job].alert_events:
                     self.alerts.labels(event, job, tenant)
 
     def _forget(self, tenant: str) -> None:
@@ -225,7 +220,7 @@ class Metrics:
             self._ok_at.pop((job, tenant), None)
             removals += [(self.runs, (job, tenant, s)) for s in STATUSES]
             removals += [(self.lease_skips, (job, tenant)), (self.last_success, (job, tenant))]
-            removals += [(self.alerts, (e, job, tenant)) for e in alert_events(job)]
+            removals += [(self.alerts, (e, job, tenant)) for e in BY_NAME[job].alert_events]
         removals += [(self.outbox, (tenant, s)) for s in OUTBOX_STATUSES]
         removals += [(self.quarantined, (tenant, r)) for r in QUARANTINE_REASONS]
         removals += [(m, (tenant,)) for m in (self.outbox_age, self.watch_fresh, self.watch_up,
@@ -264,7 +259,7 @@ class Metrics:
         """Refresh outbox and quarantine gauges per tenant; log outbox backlog alerts."""
         self._configure(settings, now)
         limit = settings.alerts.outbox_oldest_pending
-        utc_now = now.astimezone(UTC).replace(tzinfo=None)
+        utc_now = naive_utc(now)
         try:
             with limits.limited(WATCH_LIMIT):
                 tenants, _ = discover(settings, dbs.core)
@@ -302,7 +297,7 @@ class Metrics:
             self.watch_up.labels(tenant.code).set(1)
             self.watch_fresh.labels(tenant.code).set(now.timestamp())
             if age > limit.total_seconds():
-                self.alerts.labels(OUTBOX_BACKLOG, "serial_outbox", tenant.code).inc()
-                log.warning(OUTBOX_BACKLOG, job="serial_outbox", tenant=tenant.code,
+                self.alerts.labels(OUTBOX_BACKLOG, SERIAL_OUTBOX.name, tenant.code).inc()
+                log.warning(OUTBOX_BACKLOG, job=SERIAL_OUTBOX.name, tenant=tenant.code,
                             oldest_pending_age_s=int(age), threshold_s=int(limit.total_seconds()),
                             pending=state.pending)

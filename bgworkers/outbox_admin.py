@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.clock import Clock, SystemClock
+from bgworkers.clock import Clock, SystemClock, naive_utc
 from bgworkers.db import error_line
 from bgworkers.jobs.outbox_sql import ids_of, write_transaction
 from bgworkers.jobs.outbox_store import due
@@ -29,7 +29,7 @@ _IDS = ids_of("ids")
 
 def _utc_now(clock: Clock) -> datetime:
     """Naive UTC, as the serial tables store their times."""
-    return clock.now().astimezone(UTC).replace(tzinfo=None, microsecond=0)
+    return naive_utc(clock.now()).replace(microsecond=0)
 
 
 def _named(settings: Settings, dbs: Databases, code: str, out: Out) -> Tenant | None:

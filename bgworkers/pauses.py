@@ -23,12 +23,13 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bgworkers import limits
+from bgworkers.clock import aware_utc
 from bgworkers.db import db_now, error_line
 from bgworkers.history import RunStatus
 from bgworkers.logs import get_logger
@@ -70,10 +71,6 @@ class Pause:
                 "paused_by": self.paused_by, "reason": self.reason}
 
 
-def _aware(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def read(engine: Engine, job: str | None = None) -> dict[tuple[str, str], Pause]:
     """Every pause (of `job`), keyed (job, tenant); one bounded query.  Raises
     SQLAlchemyError when the coordination database cannot be read."""
@@ -83,7 +80,7 @@ def read(engine: Engine, job: str | None = None) -> dict[tuple[str, str], Pause]
         query = query.where(c.job == job)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    return {(r.job, r.tenant): Pause(r.job, r.tenant, _aware(r.paused_at), r.paused_by, r.reason)
+    return {(r.job, r.tenant): Pause(r.job, r.tenant, aware_utc(r.paused_at), r.paused_by, r.reason)
             for r in rows}
 
 

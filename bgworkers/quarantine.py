@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import limits
-from bgworkers.clock import Clock, SystemClock
+from bgworkers.clock import Clock, SystemClock, aware_utc, naive_utc
 from bgworkers.db import error_line
 from bgworkers.jobs.outbox_sql import write_transaction
 from bgworkers.schema.tenant import serial_quarantine as quarantine
@@ -57,7 +57,7 @@ class Row:
 
 
 def _iso(at: datetime | None) -> str | None:
-    return at.replace(tzinfo=UTC).isoformat(timespec="seconds") if at is not None else None
+    return aware_utc(at).isoformat(timespec="seconds") if at is not None else None
 
 
 def _when(at: datetime | None) -> str:
@@ -167,7 +167,7 @@ def resolve_rows(settings: Settings, dbs: Databases, tenant_code: str, ids: Sequ
     if isinstance(named, int):
         return named
     code = named[0][0]
-    now = (clock or SystemClock()).now().astimezone(UTC).replace(tzinfo=None, microsecond=0)
+    now = naive_utc((clock or SystemClock()).now()).replace(microsecond=0)
     wanted = sorted(set(ids))
     try:
         with limits.limited(STATEMENT_LIMIT), write_transaction(dbs.tenant(code)) as conn:

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -21,13 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from structlog.typing import FilteringBoundLogger
 
 from bgworkers import alerts, history, limits, pauses
-from bgworkers.clock import Clock, SystemClock
+from bgworkers.clock import Clock, SystemClock, naive_utc
 from bgworkers.db import error_line
 from bgworkers.history import FAILING, RunStatus
 from bgworkers.jobs import BY_NAME
-from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost
+from bgworkers.jobs.base import Counters, JobContext, JobSpec, LeaseLost, S
 from bgworkers.leases import Lease, Leases
-from bgworkers.logs import get_logger, log_context
+from bgworkers.logs import LEVELS, get_logger, log_context
 from bgworkers.metrics import Metrics
 from bgworkers.schema import core, needs
 from bgworkers.settings import Settings
@@ -47,6 +47,8 @@ STILL_RUNNING = "previous run of this tenant still running"
 #: Outcomes that count as an error of the tick (a partial run counts its own errors).
 _ERRORS = {s.value for s in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.ABANDONED)}
 _FAILING = {s.value for s in FAILING}
+#: Outcomes of a tenant that did not run here, counted by name in the tick's total.
+_NOT_RUN = (RunStatus.SKIPPED.value, MISSED)
 
 
 def _short(exc: BaseException) -> str:
@@ -59,7 +61,7 @@ def _databases(settings: Settings) -> Databases:
     return Databases(settings, io_timeout=longest + BOOKKEEPING_LIMIT)
 
 
-def _schema_error(spec: JobSpec, ctx: JobContext) -> str | None:
+def _schema_error(spec: JobSpec[S], ctx: JobContext[S]) -> str | None:
     """After a database error: the tables and columns of the job its databases lack, each
     with the command that provides it; None when the schema is whole."""
     found = []
@@ -112,22 +114,22 @@ class TickResult:
         return self.error is not None or any(r.failing for r in self.tenants.values())
 
     def total(self, counter_names: tuple[str, ...]) -> Counters:
-        total: Counter[str] = Counter({name: 0 for name in counter_names})
+        """The tick's counters: tenants run, then `counter_names` (a job's), summed."""
+        total: Counter[str] = Counter(dict.fromkeys(("tenants", *counter_names), 0))
         for result in self.tenants.values():
             total.update(result.counters)
-            if result.status not in (CLAIMED, MISSED, RunStatus.SKIPPED.value):
+            if result.status not in (CLAIMED, *_NOT_RUN):
                 total["tenants"] += 1
             if result.status in _ERRORS:
                 total["errors"] += 1
-            if result.status in (RunStatus.SKIPPED.value, MISSED):
+            if result.status in _NOT_RUN:
                 total[result.status] += 1
         return dict(total)
 
     def as_json(self, counter_names: tuple[str, ...]) -> dict[str, Any]:
         out = {
             "job": self.job,
-            "tenants": {code: r.counters | ({r.status: 1} if r.status in ("skipped", MISSED)
-                                            else {})
+            "tenants": {code: r.counters | ({r.status: 1} if r.status in _NOT_RUN else {})
                         for code, r in self.tenants.items()},
             "total": self.total(counter_names),
         }
@@ -222,7 +224,7 @@ class Runner:
         """
         spec = BY_NAME[job]
         settings, dbs = self.settings, self.dbs
-        dry_run = dry_run or bool(getattr(settings.jobs.get(job), "dry_run", False))
+        dry_run = dry_run or spec.settings_in(settings).dry_run_only
         result = TickResult(job, tick_at, dry_run=dry_run)
         started = time.monotonic()
         self.flush_history()
@@ -304,17 +306,17 @@ class Runner:
             return f"cannot look up tenant {code!r} in the core database: {_short(exc)}"
         return f"tenant {code!r} is not an active tenant"
 
-    def _summarize(self, spec: JobSpec, result: TickResult, started: float) -> None:
+    def _summarize(self, spec: JobSpec[Any], result: TickResult, started: float) -> None:
         statuses = Counter(r.status for r in result.tenants.values())
         total = result.total(spec.counters)
         worst = "warning" if result.failed else alerts.level(
             a for r in result.tenants.values() for a in r.alerts)
-        log.log(alerts.LEVELS[worst], "job_run_summary",
+        log.log(LEVELS[worst], "job_run_summary",
                 job=spec.name, tick=result.tick_at.isoformat(), dry_run=result.dry_run,
                 ms=int((time.monotonic() - started) * 1000),
                 **{f"tenants_{k}": v for k, v in statuses.items()}, **total)
 
-    def _submit(self, spec: JobSpec, tenant: Tenant, tick_at: datetime, dry_run: bool,
+    def _submit(self, spec: JobSpec[Any], tenant: Tenant, tick_at: datetime, dry_run: bool,
                 settings: Settings, dbs: Databases) -> Future[TenantResult] | None:
         """Queue the tenant's run; None when its previous run of this job is still going."""
         key = (spec.name, tenant.code)
@@ -337,18 +339,17 @@ class Runner:
 
     # -------------------------------------------------------------- one tenant run
 
-    def _run_tenant(self, run: _Run, spec: JobSpec, tenant: Tenant, dry_run: bool,
+    def _run_tenant(self, run: _Run, spec: JobSpec[S], tenant: Tenant, dry_run: bool,
                     settings: Settings, dbs: Databases) -> TenantResult:
         if self.stopping.is_set():
             return self._tenant_missed(spec.name, tenant.code, run.tick_at, DROPPED)
         run_id = str(uuid.uuid4())
         with log_context(job=spec.name, tenant=tenant.code, run_id=run_id):
             tenant_log = get_logger("bgworkers.job")
-            job_settings = settings.jobs.get(spec.name)
-            ctx = JobContext(job=spec.name, tenant=tenant, settings=settings, dbs=dbs,
-                             clock=self.clock, log=tenant_log, dry_run=dry_run)
+            ctx = spec.context(settings, tenant, dbs, self.clock, tenant_log, dry_run)
+            limit_s = ctx.job_settings.run_limit.total_seconds()
             if dry_run:  # reads only: no claim, no lease, no history
-                return self._execute(spec, ctx, job_settings.run_limit.total_seconds())
+                return self._execute(spec, ctx, limit_s)
             with limits.limited(BOOKKEEPING_LIMIT):
                 lease = self._start(spec, tenant.code, run.tick_at, run_id, dbs, tenant_log)
             if isinstance(lease, TenantResult):
@@ -361,7 +362,7 @@ class Runner:
             ctx.guard = lease
             result = TenantResult(RunStatus.FAILED, error="the run ended without a result")
             try:
-                result = self._execute(spec, ctx, job_settings.run_limit.total_seconds())
+                result = self._execute(spec, ctx, limit_s)
             finally:
                 self._finish(dbs, lease, result)
             with self._lock:
@@ -378,11 +379,11 @@ class Runner:
             self.metrics.run_finished(job, tenant, result.status, seconds, self.clock.now(),
                                       [a.event for a in result.alerts])
 
-    def _start(self, spec: JobSpec, tenant: str, tick_at: datetime, run_id: str,
+    def _start(self, spec: JobSpec[Any], tenant: str, tick_at: datetime, run_id: str,
                dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
         """Take the lease and claim the tick, in one transaction; a TenantResult when the
         run must not go on."""
-        tick = tick_at.astimezone(UTC).replace(tzinfo=None)
+        tick = naive_utc(tick_at)
         try:
             with dbs.coordination.connect() as conn:
                 # The lease first, then the run's row: its start is stamped once the lease
@@ -413,7 +414,7 @@ class Runner:
         self.leases.hold(lease)
         return lease
 
-    def _execute(self, spec: JobSpec, ctx: JobContext, limit_s: float) -> TenantResult:
+    def _execute(self, spec: JobSpec[S], ctx: JobContext[S], limit_s: float) -> TenantResult:
         """Run the job for one tenant within its limit; errors are logged and recorded,
         never raised."""
         started = time.monotonic()
@@ -449,15 +450,15 @@ class Runner:
         elif result.status == OK:
             self.note_ok(spec.name, ctx.tenant.code)
         if result.status in (OK, RunStatus.PARTIAL):
-            result.alerts = alerts.check(spec.name, result.counters, ctx.settings.alerts)
+            result.alerts = alerts.check(spec.rules, result.counters, ctx.settings.alerts)
             level = alerts.level(result.alerts)
             if result.status == RunStatus.PARTIAL:
-                level = max(level, "warning", key=alerts.LEVELS.__getitem__)
-            ctx.log.log(alerts.LEVELS[level], "job_tenant_result", status=result.status,
+                level = max(level, "warning", key=LEVELS.__getitem__)
+            ctx.log.log(LEVELS[level], "job_tenant_result", status=result.status,
                         ms=ms, dry_run=ctx.dry_run, **result.counters,
                         **({"error": result.error} if result.error else {}))
             for alert in result.alerts:
-                ctx.log.log(alerts.LEVELS[alert.level], alert.event, counter=alert.counter,
+                ctx.log.log(LEVELS[alert.level], alert.event, counter=alert.counter,
                             value=alert.value, threshold=alert.threshold)
         return result
 
@@ -541,7 +542,7 @@ class Runner:
         """Not run: paused by an operator.  Its tick gets a `skipped` row saying so."""
         write = functools.partial(
             pauses.record_paused, job=job, tenant=tenant,
-            tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
+            tick_at=naive_utc(tick_at), run_id=str(uuid.uuid4()),
             host=self.host, pid=self.pid, pause=pause)
         if self._write_or_defer(f"paused {job}/{tenant}", write, dbs.coordination,
                                 job=job, tenant=tenant) is False:
@@ -555,7 +556,7 @@ class Runner:
         """Record that this tenant's tick did not run here (a no-op where another ran it)."""
         write = functools.partial(
             history.record_missed, job=job, tenant=tenant,
-            tick_at=tick_at.astimezone(UTC).replace(tzinfo=None), run_id=str(uuid.uuid4()),
+            tick_at=naive_utc(tick_at), run_id=str(uuid.uuid4()),
             host=self.host, pid=self.pid, reason=reason)
         self._write_or_defer(f"missed {job}/{tenant}", write, self.dbs.coordination,
                              job=job, tenant=tenant)

@@ -28,7 +28,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from bgworkers.dialects import sqlite_file
 from bgworkers.settings_jobs import (
+    DashboardFastSettings,
+    DashboardMediumSettings,
+    DashboardSlowSettings,
     DashboardTierSettings,
     HeartbeatSettings,
     JobSettings,
@@ -38,7 +42,6 @@ from bgworkers.settings_jobs import (
 )
 from bgworkers.settings_values import (
     DASHBOARD_TABLES,
-    TENANT_CODE_RE,
     DbUrl,
     PositiveDuration,
     TenantCode,
@@ -48,12 +51,15 @@ from bgworkers.settings_values import (
     check_tenant_url,
     format_duration,
     parse_duration,
+    tenant_code_problem,
 )
 
 __all__ = [
     "DASHBOARD_TABLES",
-    "TENANT_CODE_RE",
     "AlertsSettings",
+    "DashboardFastSettings",
+    "DashboardMediumSettings",
+    "DashboardSlowSettings",
     "DashboardTierSettings",
     "DatabaseSettings",
     "ErpSettings",
@@ -72,6 +78,7 @@ __all__ = [
     "format_duration",
     "load_settings",
     "parse_duration",
+    "tenant_code_problem",
 ]
 
 DEFAULT_CONFIG = Path("settings.toml")
@@ -138,10 +145,8 @@ class DatabaseSettings(_Section):
         """The URL to connect with: a relative SQLite path anchored at the settings
         file's directory, the configured password filled in where the URL has none."""
         url = make_url(raw)
-        name = url.database
-        if (self._sqlite_base is not None and url.get_backend_name() == "sqlite" and name
-                and name != ":memory:" and not name.startswith("file:")
-                and not Path(name).is_absolute()):
+        name = sqlite_file(url)
+        if self._sqlite_base is not None and name is not None and not Path(name).is_absolute():
             url = url.set(database=str(self._sqlite_base / name))
         if self.password is not None and url.username and url.password is None:
             url = url.set(password=self.password.get_secret_value())

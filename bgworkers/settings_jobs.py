@@ -50,6 +50,11 @@ class JobSettings(_Section):
     def run_limit(self) -> timedelta:
         return self.timeout or self.default_timeout
 
+    @property
+    def dry_run_only(self) -> bool:
+        """Whether the table asks for dry runs only (a job with a `dry_run` key)."""
+        return False
+
     @model_validator(mode="before")
     @classmethod
     def _one_trigger(cls, data: Any) -> Any:
@@ -86,6 +91,10 @@ class SerialConsistencySettings(JobSettings):
     salts: dict[str, SecretStr] = Field(default_factory=dict)
     #: systemd credential read when `salts` is empty: lines "hatthasilpa:1=<64 hex>".
     salts_credential: str = "serial_salts"
+
+    @property
+    def dry_run_only(self) -> bool:
+        return self.dry_run
 
     @field_validator("salts")
     @classmethod
@@ -193,6 +202,11 @@ class HeartbeatSettings(JobSettings):
 
 
 class JobsSettings(_Section):
+    """One field per job of `bgworkers.jobs.REGISTRY`, in its order, of the type its spec
+    declares (tests/unit/test_job_declarations.py checks it).  Written out rather than
+    built from the registry: settings load without importing the jobs (which need
+    them), and mypy knows the type of `settings.jobs.serial_outbox`."""
+
     serial_consistency: SerialConsistencySettings = Field(default_factory=SerialConsistencySettings)
     serial_outbox: SerialOutboxSettings = Field(default_factory=SerialOutboxSettings)
     dashboard_fast: DashboardFastSettings = Field(default_factory=DashboardFastSettings)
@@ -203,8 +217,10 @@ class JobsSettings(_Section):
     @model_validator(mode="after")
     def _tables_in_one_tier(self) -> JobsSettings:
         seen: dict[str, str] = {}
-        for tier in ("dashboard_fast", "dashboard_medium", "dashboard_slow"):
-            for table in getattr(self, tier).tables:
+        tiers = [(name, job) for name in type(self).model_fields
+                 if isinstance(job := self.get(name), DashboardTierSettings)]
+        for tier, job in tiers:
+            for table in job.tables:
                 if table in seen:
                     raise ValueError(
                         f"table {table!r} is in both jobs.{seen[table]} and jobs.{tier}"

@@ -20,7 +20,9 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from bgworkers.cron import cron_trigger
 
-TENANT_CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,50}$")
+#: A tenant code becomes part of database and lock names: nothing else is allowed in it.
+TENANT_CODE_PATTERN = "^[A-Za-z0-9_]{1,50}$"
+TENANT_CODE_RE = re.compile(TENANT_CODE_PATTERN)
 
 DASHBOARD_TABLES = (
     "mv_token_flow_summary",
@@ -81,11 +83,19 @@ PositiveDuration = Annotated[
 ]
 
 
+def tenant_code_problem(code: str) -> str | None:
+    """Why `code` cannot be a tenant code (settings, organizations, the command line), or
+    None when it can."""
+    if TENANT_CODE_RE.fullmatch(code):
+        return None
+    return (f"tenant code {code!r} refused: must match {TENANT_CODE_PATTERN}, as it becomes "
+            "part of database and lock names")
+
+
 def check_tenant_code(code: str) -> str:
-    if not TENANT_CODE_RE.fullmatch(code):
-        raise ValueError(
-            f"invalid tenant code {code!r}: must match ^[A-Za-z0-9_]{{1,50}}$"
-        )
+    problem = tenant_code_problem(code)
+    if problem is not None:
+        raise ValueError(problem)
     return code
 
 

@@ -39,6 +39,7 @@ from sqlalchemy import Engine, func, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers import pauses
+from bgworkers.clock import aware_utc
 from bgworkers.db import error_line
 from bgworkers.history import FAILING, RunStatus
 from bgworkers.scheduler import make_trigger, plans
@@ -158,11 +159,6 @@ def duration_s(started_at: datetime, ended_at: datetime | None) -> float | None:
 def iso(at: datetime | None) -> str | None:
     """ISO 8601 in UTC with its offset, to the second: 2025-06-01T10:00:00+00:00."""
     return at.astimezone(UTC).isoformat(timespec="seconds") if at is not None else None
-
-
-def aware(at: datetime) -> datetime:
-    """History times are naive UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def headline(error: str | None, limit: int) -> str | None:
@@ -285,8 +281,8 @@ def _history(engine: Engine, job: str | None, tenant: str | None,
             chunk = ids[start:start + _ID_CHUNK]
             for r in conn.execute(select(c.id, c.started_at, c.ended_at, c.status, c.counters,
                                          c.error).where(c.id.in_(chunk))):
-                rows[int(r.id)] = Run(aware(r.started_at),
-                                      aware(r.ended_at) if r.ended_at is not None else None,
+                rows[int(r.id)] = Run(aware_utc(r.started_at),
+                                      aware_utc(r.ended_at) if r.ended_at is not None else None,
                                       r.status, json.loads(r.counters) if r.counters else {},
                                       r.error)
     return newest, rows

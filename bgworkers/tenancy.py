@@ -19,10 +19,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from bgworkers.db import DatabaseEngine, is_sqlite, make_engine, server_url
+from bgworkers.db import DatabaseEngine, make_engine, server_url
+from bgworkers.dialects import backend, is_sqlite, sqlite_file
 from bgworkers.logs import get_logger
 from bgworkers.schema import core
-from bgworkers.settings import TENANT_CODE_RE, Settings
+from bgworkers.settings import Settings, tenant_code_problem
 
 log = get_logger("bgworkers.tenancy")
 
@@ -94,16 +95,14 @@ def _organizations(core_engine: Engine) -> list[_Org]:
 def database_identity(url: URL) -> tuple[str, ...]:
     """What makes two URLs the same database: backend, host, port and database name;
     for SQLite the resolved file path."""
-    backend = url.get_backend_name()
-    name = url.database or ""
-    if backend == "sqlite":
-        if name and name != ":memory:" and not name.startswith("file:"):
-            name = str(Path(name).expanduser().resolve())
-        return (backend, name)
+    kind, name = backend(url), url.database or ""
+    if is_sqlite(url):
+        file = sqlite_file(url)
+        return (kind, name if file is None else str(Path(file).expanduser().resolve()))
     default_ports = {"mysql": "3306", "mariadb": "3306", "postgresql": "5432"}
     socket = url.query.get("unix_socket", "")
-    return (backend, (url.host or "localhost").lower(),
-            str(url.port) if url.port else default_ports.get(backend, ""),
+    return (kind, (url.host or "localhost").lower(),
+            str(url.port) if url.port else default_ports.get(kind, ""),
             socket if isinstance(socket, str) else ",".join(socket), name)
 
 
@@ -113,10 +112,8 @@ def _refusal(org: _Org) -> str | None:
         return f"organization id {org.id} has no tenant code (NULL): refused"
     if not org.code.strip():
         return f"organization id {org.id} has a blank tenant code {org.code!r}: refused"
-    if not TENANT_CODE_RE.fullmatch(org.code):
-        return (f"tenant code {org.code!r} refused: must match ^[A-Za-z0-9_]{{1,50}}$ "
-                f"(it becomes part of database and lock names; organization id {org.id})")
-    return None
+    problem = tenant_code_problem(org.code)
+    return None if problem is None else f"{problem} (organization id {org.id})"
 
 
 def _shown_code(org: _Org) -> str:
@@ -129,7 +126,7 @@ def discover(settings: Settings, core_engine: Engine) -> tuple[list[Tenant], lis
     A tenant is an active organization (`status` 'active' or 1) kept by
     `[tenants] include/exclude` (exact codes).  Refused, each with a
     TenantProblem naming the organization id: a NULL, empty or blank code; a
-    code not matching ^[A-Za-z0-9_]{1,50}$; and both (all) of any tenants whose
+    code that is no tenant code (`tenant_code_problem`); and both (all) of any tenants whose
     codes are equal ignoring case (their leases and run history would be one:
     MariaDB compares them case-insensitively) or whose database URLs (override,
     else template) are the same database.  A `[tenants]` setting keyed by a code
@@ -154,8 +151,9 @@ def resolve(settings: Settings, core_engine: Engine, code: str) -> Tenant:
     `discover` refuses it (e.g. it collides with another tenant).  Raises
     SQLAlchemyError when core cannot be read.
     """
-    if not TENANT_CODE_RE.fullmatch(code):
-        raise TenantError(f"tenant {code!r} refused: must match ^[A-Za-z0-9_]{{1,50}}$")
+    invalid = tenant_code_problem(code)
+    if invalid is not None:
+        raise TenantError(invalid)
     orgs = _organizations(core_engine)
     org = next((o for o in orgs if o.code == code), None)
     if org is None:

@@ -9,9 +9,10 @@ from typing import Any
 def alert_level(job: str, counters: Mapping[str, int]) -> str:
     """The level the runner logs a tenant result at, with the default thresholds."""
     from bgworkers import alerts
+    from bgworkers.jobs import BY_NAME
     from bgworkers.settings import AlertsSettings
 
-    return alerts.level(alerts.check(job, counters, AlertsSettings()))
+    return alerts.level(alerts.check(BY_NAME[job].rules, counters, AlertsSettings()))
 
 
 def std(seq: int, ptype: str = "hatthasilpa", code: str = "BLVR") -> str:

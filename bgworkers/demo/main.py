@@ -14,7 +14,7 @@ from sqlalchemy import Engine, Table, func, inspect, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from bgworkers import dbadmin
-from bgworkers.db import ensure_database, is_sqlite
+from bgworkers.db import ensure_database
 from bgworkers.demo.catalog import (
     PROFILE,
     GraphSpec,
@@ -29,8 +29,9 @@ from bgworkers.demo.plan import Plan, PlanError, make_plan
 from bgworkers.demo.stamps import Stamps, anchor, epoch
 from bgworkers.demo.tenant import TenantGenerator, TenantRun
 from bgworkers.demo.writer import BulkWriter, WriterError
+from bgworkers.dialects import is_mysql, is_sqlite, sqlite_file
 from bgworkers.schema import core, own, tenant
-from bgworkers.settings import TENANT_CODE_RE, Settings, TenantsSettings
+from bgworkers.settings import Settings, TenantsSettings, tenant_code_problem
 from bgworkers.tenancy import Databases, is_active
 
 Out = Callable[[str], None]
@@ -235,12 +236,11 @@ def _prepare(settings: Settings, dbs: Databases, orgs: list[Org], reset: bool, o
             )
     else:
         codes = list(dict.fromkeys([*existing, *demo_codes]))
-        skipped = [code for code in codes if not TENANT_CODE_RE.fullmatch(code)]
-        for code in skipped:
-            out(
-                f"demo-data: --reset: tenant code {code!r} is not a valid code, its database "
-                "is left alone"
-            )
+        problems = {code: problem for code in codes
+                    if (problem := tenant_code_problem(code)) is not None}
+        for problem in problems.values():
+            out(f"demo-data: --reset: {problem}; its database is left alone")
+        skipped = list(problems)
         cleared = [
             code for code in codes if code not in skipped and _clear_tenant(settings, dbs, code)
         ]
@@ -289,7 +289,8 @@ def _existing_codes(engine: Engine) -> list[str]:
 def _database_exists(dbs: Databases, raw_url: str) -> bool:
     url = dbs.url(raw_url)
     if is_sqlite(url):
-        return not url.database or url.database == ":memory:" or Path(url.database).exists()
+        name = sqlite_file(url)
+        return name is None or Path(name).exists()
     try:
         with dbs.engine(raw_url).connect():
             return True
@@ -330,14 +331,14 @@ def _clear(engine: Engine, tables: Iterable[Table]) -> None:
         for table in tables:
             if table.name not in present:
                 continue
-            if engine.dialect.name in ("mysql", "mariadb"):
+            if is_mysql(engine):
                 conn.exec_driver_sql(f"TRUNCATE TABLE {quote(table.name)}")
             else:
                 conn.execute(table.delete())
 
 
 def _sqlite(engine: Engine) -> bool:
-    return is_sqlite(engine.url)
+    return is_sqlite(engine)
 
 
 def _not_core(out: Out) -> Out:

@@ -11,7 +11,7 @@ import calendar
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bgworkers.clock import SystemClock
+from bgworkers.clock import SystemClock, naive_utc
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 _EPOCH = date(1970, 1, 1)
@@ -19,18 +19,14 @@ _EPOCH = date(1970, 1, 1)
 
 def epoch(moment: datetime) -> int:
     """Seconds since the epoch of a naive-UTC (or aware) datetime."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return calendar.timegm(moment.timetuple())
+    return calendar.timegm(naive_utc(moment).timetuple())
 
 
 def anchor(at: datetime | None) -> datetime:
     """`at` as naive UTC; default: now, truncated to the minute."""
     if at is None:
-        return SystemClock().now().replace(tzinfo=None, second=0, microsecond=0)
-    if at.tzinfo is not None:
-        return at.astimezone(UTC).replace(tzinfo=None)
-    return at
+        return naive_utc(SystemClock().now()).replace(second=0, microsecond=0)
+    return naive_utc(at)
 
 
 class Stamps:

@@ -24,6 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Table
 
+from bgworkers.dialects import is_mysql
+
 Row = tuple[Any, ...]
 _STOP = None
 _QUEUE_CHUNKS = 3
@@ -42,7 +44,7 @@ class BulkWriter:
     ) -> None:
         self.engine = engine
         self.chunk_rows = chunk_rows
-        self.is_mysql = engine.dialect.name in ("mysql", "mariadb")
+        self.is_mysql = is_mysql(engine)
         self.used_load_data = False
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         quote = engine.dialect.identifier_preparer.quote

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -39,7 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from bgworkers.db import error_line, is_sqlite
+from bgworkers.db import error_line
+from bgworkers.dialects import is_sqlite
 from bgworkers.jobs import dashboard_cycle as cycle
 from bgworkers.jobs import dashboard_now as now
 from bgworkers.jobs import dashboard_trends as trends
@@ -49,7 +51,9 @@ from bgworkers.logs import still_running
 from bgworkers.schema import needs, tenant
 from bgworkers.settings import DashboardTierSettings
 
-COUNTERS = ("tenants", "tables", "rows_written", "rows_deleted", "errors")
+COUNTERS = ("tables", "rows_written", "rows_deleted", "errors")
+#: The settings of the tier being refreshed.
+Tier = TypeVar("Tier", bound=DashboardTierSettings)
 
 Build = Callable[[Moment, Connection], list[Insert]]
 Expired = Callable[[Moment], ColumnElement[bool]]
@@ -125,19 +129,17 @@ TABLES: dict[str, SummaryTable] = {
 }
 
 
-def moment(ctx: JobContext) -> Moment:
+def moment(ctx: JobContext[Tier]) -> Moment:
     return Moment(
         snapshot_at=ctx.erp_now.replace(microsecond=0),
         live_statuses=tuple(ctx.settings.erp.live_token_statuses),
     )
 
 
-def run(ctx: JobContext) -> Counters:
+def run(ctx: JobContext[Tier]) -> Counters:
     settings = ctx.job_settings
-    if not isinstance(settings, DashboardTierSettings):
-        raise TypeError(f"job {ctx.job!r} is not a dashboard tier (its settings have no tables)")
     m = moment(ctx)
-    counters = dict.fromkeys(COUNTERS[1:], 0)
+    counters = dict.fromkeys(COUNTERS, 0)
     with ExitStack() as sessions:  # one for the run's tables, a new one after an error
         conn: Connection | None = None
         for name in settings.tables:
@@ -169,7 +171,7 @@ def run(ctx: JobContext) -> Counters:
     return counters
 
 
-def schema_error(ctx: JobContext, spec: SummaryTable) -> str | None:
+def schema_error(ctx: JobContext[Tier], spec: SummaryTable) -> str | None:
     """After a failure: the tables or columns of this refresh the database lacks, if any,
     e.g. "tenant DEFAULT database bgerp_t_default: table mv_cycle_time_analytics has
     no column p50_minutes; run `bgworkers db upgrade`"."""
@@ -186,7 +188,7 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def refresh(ctx: JobContext, conn: Connection, spec: SummaryTable, m: Moment,
+def refresh(ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Moment,
             batch: int) -> tuple[int, int]:
     """One table for one tenant, in a `session`: (rows written, rows deleted).  Dry run:
     what it would be."""
@@ -209,7 +211,8 @@ def refresh(ctx: JobContext, conn: Connection, spec: SummaryTable, m: Moment,
     return written, replaced + purge(ctx, conn, spec, m, batch)
 
 
-def purge(ctx: JobContext, conn: Connection, spec: SummaryTable, m: Moment, batch: int) -> int:
+def purge(ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Moment,
+          batch: int) -> int:
     """Delete expired rows, at most `batch` per statement and transaction."""
     table, expired = spec.table, spec.expired(m)
     # MySQL refuses LIMIT directly in an IN subquery and a subquery on the table being

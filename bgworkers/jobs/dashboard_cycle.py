@@ -41,6 +41,7 @@ from sqlalchemy import (
     select,
 )
 
+from bgworkers.dialects import is_mysql
 from bgworkers.jobs.dashboard_sql import (
     Moment,
     cents,
@@ -221,7 +222,7 @@ def _group_stats(group: Column[Any], native: bool) -> Subquery:
 def cycle_time_analytics(m: Moment, conn: Connection) -> list[Insert]:
     """One INSERT of the node rows, one of the team rows, from `bgw_node_visit`."""
     start, end = cycle_period(m)
-    native = conn.dialect.name == "mysql"
+    native = is_mysql(conn)
 
     def rows(group: Column[Any], by_node: bool) -> Select[Any]:
         g = _group_stats(group, native).c

@@ -14,16 +14,14 @@ from sqlalchemy import text
 from bgworkers.jobs.base import Counters, JobContext
 from bgworkers.settings import HeartbeatSettings
 
-COUNTERS = ("tenants", "checks", "errors")
+COUNTERS = ("checks", "errors")
 
 
-def run(ctx: JobContext) -> Counters:
+def run(ctx: JobContext[HeartbeatSettings]) -> Counters:
     with ctx.db.connect() as conn:
         conn.execute(text("SELECT 1"))
-    settings = ctx.job_settings
-    assert isinstance(settings, HeartbeatSettings)
     waiter = threading.Event()
-    remaining = settings.hold.total_seconds()
+    remaining = ctx.job_settings.hold.total_seconds()
     while remaining > 0:
         ctx.check_lease()
         waiter.wait(min(0.1, remaining))

@@ -25,7 +25,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.types import TypeEngine
 
-from bgworkers.db import is_sqlite
+from bgworkers.dialects import is_sqlite
 
 
 @contextmanager

@@ -37,9 +37,11 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
+from bgworkers.dialects import MYSQL, is_sqlite
 from bgworkers.schema import core, tenant
 
 FINISHED_TICKET_STATUSES = ("completed", "cancelled")
@@ -69,10 +71,11 @@ def in_groups(values: Iterable[T], size: int = IN_LIST_MAX) -> Iterator[list[T]]
         yield group
 
 
-def same_text(dialect: str, a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[bool]:
+def same_text(dialect: Dialect, a: ColumnElement[Any],
+              b: ColumnElement[Any]) -> ColumnElement[bool]:
     """`a = b` byte for byte.  MySQL compares text by collation (case-insensitive, trailing
     blanks ignored); the plain `=` stays so that the index on `a` is used."""
-    if dialect == "sqlite":
+    if is_sqlite(dialect):
         return a == b
     return and_(a == b, func.binary(a) == b)
 
@@ -88,8 +91,9 @@ def in_key_order(stmt: Select[Any], table: Table) -> Select[Any]:
     A keyset page filtered on an indexed column (flow_token.status) would otherwise
     be read through that index and sorted again for every page: quadratic.
     """
-    return stmt.with_hint(table, "FORCE INDEX (PRIMARY)", "mysql").with_hint(
-        table, "FORCE INDEX (PRIMARY)", "mariadb")
+    for name in MYSQL:
+        stmt = stmt.with_hint(table, "FORCE INDEX (PRIMARY)", name)
+    return stmt
 
 
 def date_text(column: ColumnElement[Any]) -> Label[str]:
@@ -102,9 +106,9 @@ def date_text(column: ColumnElement[Any]) -> Label[str]:
     return cast(column, String).label(column.key)
 
 
-def unindexed(dialect: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
+def unindexed(dialect: Dialect, column: ColumnElement[Any]) -> ColumnElement[Any]:
     """`column` as a term SQLite will not serve from an index (unary +), for the same reason."""
-    if dialect != "sqlite":
+    if not is_sqlite(dialect):
         return column
     return UnaryExpression(column, operator=custom_op("+"), type_=column.type)
 
@@ -112,7 +116,7 @@ def unindexed(dialect: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
 # ---------------------------------------------------------------- reads
 
 
-def unlinked_serials(dialect: str, live: Sequence[str], limit: int) -> Select[Any]:
+def unlinked_serials(dialect: Dialect, live: Sequence[str], limit: int) -> Select[Any]:
     """A page of job-ticket serials with no tenant link, after id_serial `:last`.
 
     `token`: the lowest live piece token carrying the serial (a missing tenant
@@ -138,7 +142,7 @@ def unlinked_serials(dialect: str, live: Sequence[str], limit: int) -> Select[An
     )
 
 
-def live_tokens(dialect: str, live: Sequence[str], limit: int) -> Select[Any]:
+def live_tokens(dialect: Dialect, live: Sequence[str], limit: int) -> Select[Any]:
     """A page of live tokens with a serial, after id_token `:last`.
 
     `dup_of`: for a piece token, the lowest other live piece token with the same serial.
@@ -181,7 +185,7 @@ def quarantine_serial_chars(engine: Engine) -> int:
     Without a length there, the ERP's documented one.
     """
     with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
+        if is_sqlite(engine):
             declared = next((str(row[2]) for row in
                              conn.exec_driver_sql("PRAGMA table_info(serial_quarantine)")
                              if row[1] == "serial_code"), "")

@@ -31,12 +31,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, Select
 from sqlalchemy.exc import SQLAlchemyError
 
+from bgworkers.clock import naive_utc
 from bgworkers.db import error_line
 from bgworkers.jobs.base import Counters, JobContext
 from bgworkers.jobs.serial_checks import (
@@ -165,12 +166,7 @@ def date_problem(column: str, text: str | None) -> str:
     return f"{column} is {shown(text)!r}: not a date between 1970 and 9999"
 
 
-def erp_to_utc(local: datetime, erp_tz: tzinfo) -> datetime:
-    """flow_token holds naive ERP local time; job_ticket_serial holds naive UTC."""
-    return local.replace(tzinfo=erp_tz).astimezone(UTC).replace(tzinfo=None)
-
-
-def run(ctx: JobContext) -> Counters:
+def run(ctx: JobContext[SerialConsistencySettings]) -> Counters:
     """Check one tenant (ctx.tenant); counters of SPEC section 4 (`tenants` is the runner's)."""
     check = _Check(ctx)
     check.unlinked_serials()
@@ -180,15 +176,13 @@ def run(ctx: JobContext) -> Counters:
 
 
 class _Check:
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext[SerialConsistencySettings]) -> None:
         settings = ctx.job_settings
-        if not isinstance(settings, SerialConsistencySettings):
-            raise TypeError(f"job {ctx.job!r} has no serial_consistency settings")
         self.ctx, self.settings = ctx, settings
         self.dry_run = ctx.dry_run or settings.dry_run
         self.exempt = compile_patterns(settings.exempt_patterns)
         self.live = list(ctx.settings.erp.live_token_statuses)
-        self.dialect = ctx.db.dialect.name
+        self.dialect = ctx.db.dialect
         self.counts: Counter[str] = Counter()
         self.done = Done()
         self.core_ok = True
@@ -234,7 +228,7 @@ class _Check:
         """(id_serial, token, spawned_at in UTC) of the links whose token has a usable date."""
         with self.ctx.db.connect() as conn:
             spawned = token_spawned_at(conn, set(links.values()))
-        tz = self.ctx.settings.erp.tz
+        tz = self.ctx.settings.erp.tz  # flow_token holds ERP local time, the links UTC
         out = []
         for id_serial, token in links.items():
             local = parse_naive(spawned.get(token))
@@ -243,7 +237,7 @@ class _Check:
                           skipped=f"tenant link of job_ticket_serial {id_serial}")
                 continue
             self.counts[OUTCOME_COUNTERS["missing_tenant_link"]] += 1
-            out.append((id_serial, token, erp_to_utc(local, tz)))
+            out.append((id_serial, token, naive_utc(local, tz)))
         return out
 
     # ------------------------------------------------------------ pass 2

@@ -97,13 +97,6 @@ class Plan:
     bad: list[tuple[Item, str]] = field(default_factory=list)  # poison rows and their problem
 
 
-def settings_of(ctx: JobContext) -> SerialOutboxSettings:
-    cfg = ctx.job_settings
-    if not isinstance(cfg, SerialOutboxSettings):
-        raise TypeError(f"job {ctx.job!r} has no serial_outbox settings")
-    return cfg
-
-
 def classify(item: Item, state: RegistryState | None, tenant_id: int) -> tuple[Kind, str]:
     """The outcome of one outbox row given the registry state read back after linking."""
     problem = row_problem(item)
@@ -183,8 +176,8 @@ def plan(
     return result
 
 
-def run(ctx: JobContext) -> Counters:
-    cfg = settings_of(ctx)
+def run(ctx: JobContext[SerialOutboxSettings]) -> Counters:
+    cfg = ctx.job_settings
     now = ctx.utc_now.replace(microsecond=0)
     if ctx.dry_run:
         return _preview(ctx, cfg, now)
@@ -216,7 +209,8 @@ def run(ctx: JobContext) -> Counters:
     return counters
 
 
-def _preview(ctx: JobContext, cfg: SerialOutboxSettings, now: datetime) -> Counters:
+def _preview(ctx: JobContext[SerialOutboxSettings], cfg: SerialOutboxSettings,
+             now: datetime) -> Counters:
     """Dry run: what a run would do now, from plain reads; nothing is claimed or written."""
     counters = dict.fromkeys(COUNTERS, 0)
     with ctx.db.connect() as conn:
@@ -238,7 +232,7 @@ def _preview(ctx: JobContext, cfg: SerialOutboxSettings, now: datetime) -> Count
     return counters
 
 
-def _log_bad(ctx: JobContext, result: Plan, dry_run: bool) -> None:
+def _log_bad(ctx: JobContext[SerialOutboxSettings], result: Plan, dry_run: bool) -> None:
     for item, problem in result.bad[:BAD_ROWS_NAMED]:
         ctx.log.warning("bad_row", table="serial_link_outbox", id=item.id, problem=problem,
                         value=shown(item.serial), skipped="the link (row marked dead)",
@@ -248,7 +242,7 @@ def _log_bad(ctx: JobContext, result: Plan, dry_run: bool) -> None:
                         count=len(result.bad) - BAD_ROWS_NAMED)
 
 
-def _log_dead(ctx: JobContext, items: Sequence[Item], result: Plan) -> None:
+def _log_dead(ctx: JobContext[SerialOutboxSettings], items: Sequence[Item], result: Plan) -> None:
     dead = [
         (item, result.failed[item.id][1])
         for item in items

@@ -14,6 +14,7 @@ import re
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from bgworkers.dialects import is_mariadb, is_mysql
 from bgworkers.schema.migrate import planner, sql_text
 
 
@@ -76,7 +77,7 @@ def widen_enum(table: sa.Table, name: str) -> None:
     a column of another type (VARCHAR) takes any value: nothing to do.
     """
     p = planner()
-    if p.dialect.name != "mysql" or not p.has_table(table.name) or table.name in p.created:
+    if not is_mysql(p.dialect) or not p.has_table(table.name) or table.name in p.created:
         return
     row = p.conn.execute(
         sa.text(
@@ -104,7 +105,7 @@ def widen_enum(table: sa.Table, name: str) -> None:
     if default is not None and str(default) != "NULL":
         # MariaDB shows a default as SQL (quoted); MySQL 8 shows the bare value
         text_default = str(default)
-        is_sql = getattr(d, "is_mariadb", False)
+        is_sql = is_mariadb(d)
         parts.append(f"DEFAULT {text_default if is_sql else sql_text(d, text_default)}")
     if comment:
         parts.append(f"COMMENT {sql_text(d, str(comment))}")

@@ -33,6 +33,8 @@ from sqlalchemy import Column, Connection, Dialect, Engine, MetaData, String, Ta
 from sqlalchemy.engine.reflection import Inspector
 from sqlalchemy.schema import CreateTable, PrimaryKeyConstraint
 
+from bgworkers.dialects import is_mysql
+
 Chain = Literal["coordination", "tenant"]
 VERSION_TABLE = "bgw_schema_version"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -172,7 +174,7 @@ def _version_table() -> Table:
 def sql_text(dialect: Dialect, value: str) -> str:
     """A string literal for this dialect (MySQL also escapes backslashes by default)."""
     escaped = value.replace("'", "''")
-    if dialect.name == "mysql":
+    if is_mysql(dialect):
         escaped = escaped.replace("\\", "\\\\")
     return f"'{escaped}'"
 

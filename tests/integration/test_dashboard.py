@@ -357,11 +357,6 @@ def test_trends_rewrite_open_days_and_copy_closed_ones(env: Env, later: datetime
         assert total.scalar_one() == len(expected)
 
 
-def test_a_job_without_tables_is_refused(env: Env) -> None:
-    with pytest.raises(TypeError, match="not a dashboard tier"):
-        dashboard.run(env.ctx("serial_outbox"))
-
-
 @pytest.mark.parametrize(
     ("today", "previous", "first"),
     [

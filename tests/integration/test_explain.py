@@ -318,7 +318,8 @@ def test_unknown_serial_and_bad_input(world: World, tmp_path: Path) -> None:
     assert world.facts("NOPE-0001")["found"] is False
 
     assert world.explain("NOPE-0001", "bad-code") == (2, [
-        "bgworkers explain: tenant 'bad-code' refused: must match ^[A-Za-z0-9_]{1,50}$"])
+        "bgworkers explain: tenant code 'bad-code' refused: must match ^[A-Za-z0-9_]{1,50}$, "
+        "as it becomes part of database and lock names"])
     assert world.explain("NOPE-0001", "nobody") == (2, [
         "bgworkers explain: tenant nobody: not in core organization"])
     assert world.explain("NOPE-0001", "default") == (2, [  # codes match exactly

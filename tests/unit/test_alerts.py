@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bgworkers.alerts import check, level
+from bgworkers.alerts import Alert, check, level
+from bgworkers.jobs import BY_NAME
 from bgworkers.settings import AlertsSettings
+
+
+def alerts_of(job: str, counters: dict[str, int], settings: AlertsSettings) -> list[Alert]:
+    return check(BY_NAME[job].rules, counters, settings)
+
 
 CASES = [
     ("serial_consistency", {"quarantined": 10}, {}, []),
@@ -27,14 +33,14 @@ CASES = [
 @pytest.mark.parametrize(("job", "counters", "thresholds", "events"), CASES)
 def test_rules(job: str, counters: dict[str, int], thresholds: dict[str, int],
                events: list[str]) -> None:
-    alerts = check(job, counters, AlertsSettings(**thresholds))  # type: ignore[arg-type]
+    alerts = alerts_of(job, counters, AlertsSettings(**thresholds))  # type: ignore[arg-type]
     assert [a.event for a in alerts] == events
 
 
 def test_level_is_the_worst_alert() -> None:
     settings = AlertsSettings()
     assert level([]) == "info"
-    assert level(check("dashboard_fast", {"errors": 1}, settings)) == "warning"
-    assert level(check("serial_outbox", {"errors": 1, "marked_dead": 1}, settings)) == "error"
-    alert = check("serial_outbox", {"marked_dead": 4}, settings)[0]
+    assert level(alerts_of("dashboard_fast", {"errors": 1}, settings)) == "warning"
+    assert level(alerts_of("serial_outbox", {"errors": 1, "marked_dead": 1}, settings)) == "error"
+    alert = alerts_of("serial_outbox", {"marked_dead": 4}, settings)[0]
     assert (alert.counter, alert.value, alert.threshold) == ("marked_dead", 4, 0)
