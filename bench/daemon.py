@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bgworkers.harness import NotifyListener, events
+from bgworkers.demo.harness import NotifyListener, events
 
 ROOT = Path(__file__).resolve().parents[1]
 BGWORKERS = [sys.executable, "-m", "bgworkers"]

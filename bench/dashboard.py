@@ -34,21 +34,22 @@ from typing import Any
 import dashboard_tenant  # bench/, the script's own directory
 import sqlalchemy as sa
 
-from bgworkers import dbadmin, limits
-from bgworkers.clock import FixedClock
-from bgworkers.db import ensure_database
+from bgworkers.db import ensure_database, limits
 from bgworkers.demo import Profile, generate
-from bgworkers.harness import mariadb_server
-from bgworkers.jobs import BY_NAME, dashboard
-from bgworkers.jobs.base import JobContext
-from bgworkers.jobs.dashboard_cycle import cycle_period
-from bgworkers.jobs.dashboard_now import QUEUED, RECENT, TEAM_WAITING
-from bgworkers.jobs.dashboard_sql import OPEN_ASSIGNMENT
-from bgworkers.logs import get_logger
+from bgworkers.demo.harness import mariadb_server
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.job import JobContext
+from bgworkers.engine.logs import get_logger
+from bgworkers.engine.tenancy import Databases, discover
+from bgworkers.jobs import BY_NAME
+from bgworkers.jobs.dashboards import job as dashboard
+from bgworkers.jobs.dashboards.cycle import cycle_period
+from bgworkers.jobs.dashboards.now import QUEUED, RECENT, TEAM_WAITING
+from bgworkers.jobs.dashboards.sql import OPEN_ASSIGNMENT
 from bgworkers.schema import core
 from bgworkers.schema import tenant as t
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases, discover
 
 AT = datetime(2026, 1, 15, 6, 0)  # naive UTC anchor of the demo data
 PROFILE = Profile(

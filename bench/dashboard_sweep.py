@@ -32,14 +32,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bgworkers import dbadmin
 from bgworkers.demo import generate
-from bgworkers.harness import mariadb_server
-from bgworkers.logs import configure_logging
-from bgworkers.runner import Runner, TickResult
+from bgworkers.demo.harness import mariadb_server
+from bgworkers.engine.logs import configure_logging
+from bgworkers.engine.runner import Runner, TickResult
+from bgworkers.engine.tenancy import Databases, discover
 from bgworkers.schema import tenant as t
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases, discover
 
 DEFAULT_MAX_CONNECTIONS = 151  # MariaDB's and MySQL's default
 

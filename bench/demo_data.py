@@ -28,9 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from bgworkers.demo import PROFILE, generate
-from bgworkers.harness import MariaDB, MariaDBError
+from bgworkers.demo.harness import MariaDB, MariaDBError
+from bgworkers.engine.tenancy import Databases
 from bgworkers.settings import DatabaseSettings, Settings
-from bgworkers.tenancy import Databases
 
 URL_ENV = "BGWORKERS_BENCH_MARIADB_URL"
 TARGET_S = 120.0

@@ -39,7 +39,7 @@ LIMITS = {"ratio": 2.0, "seconds": 20.0, "rss_ratio": 1.25}
 
 
 def main() -> int:
-    from bgworkers.harness import MariaDBError, mariadb_server  # not in the measured children
+    from bgworkers.demo.harness import MariaDBError, mariadb_server  # not in the measured children
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server-url", help="mysql+mysqldb://root@host:port (no database)")
@@ -114,9 +114,9 @@ def _report(results: dict[int, dict[str, Any]]) -> None:
 
 
 def _child_main(action: str, config: str, *rest: str) -> None:
-    from bgworkers.logs import configure_logging
+    from bgworkers.engine.logs import configure_logging
+    from bgworkers.engine.tenancy import Databases
     from bgworkers.settings import load_settings
-    from bgworkers.tenancy import Databases
 
     settings = load_settings(Path(config))
     configure_logging(settings.logging, settings.secret_values())
@@ -193,8 +193,8 @@ def _read(settings: Any, dbs: Any) -> dict[str, Any]:
 
 
 def _check(settings: Any, dbs: Any) -> dict[str, Any]:
-    from bgworkers.harness import make_context
-    from bgworkers.jobs import serial_consistency
+    from bgworkers.demo.harness import make_context
+    from bgworkers.jobs.serials import consistency as serial_consistency
 
     ctx = make_context(settings, dbs, CODE, AT.replace(tzinfo=UTC), "serial_consistency")
     scope = _check_scope(ctx)

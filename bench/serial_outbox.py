@@ -31,14 +31,15 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from bgworkers import dbadmin
-from bgworkers.clock import FixedClock
-from bgworkers.harness import mariadb_server
-from bgworkers.jobs import SERIAL_OUTBOX, serial_outbox
-from bgworkers.logs import get_logger
+from bgworkers.demo.harness import mariadb_server
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.logs import get_logger
+from bgworkers.engine.tenancy import Databases, Tenant
+from bgworkers.jobs import SERIAL_OUTBOX
+from bgworkers.jobs.outbox import job as serial_outbox
 from bgworkers.schema import core, tenant
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings
-from bgworkers.tenancy import Databases, Tenant
 
 ROWS = 10_000
 REPEAT = 15

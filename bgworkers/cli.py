@@ -21,13 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from bgworkers import __version__
-from bgworkers.clock import SystemClock, naive_utc
-from bgworkers.history import RunStatus
+from bgworkers.engine.clock import SystemClock, naive_utc
+from bgworkers.engine.history import RunStatus
+from bgworkers.engine.logs import configure_logging
+from bgworkers.engine.scheduler import (
+    changed_sections,
+    describe_trigger,
+    next_fire,
+    plans,
+    reconcile,
+)
+from bgworkers.engine.tenancy import Databases
 from bgworkers.jobs import BY_NAME, REGISTRY
-from bgworkers.logs import configure_logging
-from bgworkers.scheduler import changed_sections, describe_trigger, next_fire, plans, reconcile
 from bgworkers.settings import Settings, SettingsError, config_path, load_settings
-from bgworkers.tenancy import Databases
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -48,15 +54,15 @@ def _with_databases(args: argparse.Namespace, work: Callable[[Settings, Database
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bgworkers.daemon import Daemon
+    from bgworkers.service.daemon import Daemon
 
     settings = _settings(args)
     return Daemon(config_path(getattr(args, "config", None)), settings).run()
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
-    from bgworkers.logs import quiet_console
-    from bgworkers.runner import Runner
+    from bgworkers.engine.logs import quiet_console
+    from bgworkers.engine.runner import Runner
 
     settings = _settings(args)
     spec = BY_NAME[args.job]
@@ -105,7 +111,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from bgworkers import pauses
+    from bgworkers.engine import pauses
 
     settings = _settings(args)
     now = SystemClock().now()
@@ -133,9 +139,9 @@ def _pauses(settings: Settings) -> tuple[dict[tuple[str, str], Any], str | None]
     (and never creates a SQLite file that is not there)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bgworkers import limits, pauses
-    from bgworkers.db import error_line
-    from bgworkers.dialects import missing_sqlite_file
+    from bgworkers.db import error_line, limits
+    from bgworkers.db.dialects import missing_sqlite_file
+    from bgworkers.engine import pauses
 
     dbs = Databases(settings)
     try:
@@ -172,40 +178,40 @@ def _reload_preview(other: Settings) -> None:
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
-    from bgworkers import dbadmin
+    from bgworkers.service import dbadmin
 
     return _with_databases(args, lambda s, d: dbadmin.init(s, d, args.tenant, print))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from bgworkers import dbadmin
+    from bgworkers.service import dbadmin
 
     return _with_databases(
         args, lambda s, d: dbadmin.upgrade(s, d, args.tenant, args.dry_run, print))
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
-    from bgworkers import dbadmin
+    from bgworkers.service import dbadmin
 
     return _with_databases(args, lambda s, d: dbadmin.check(s, d, print))
 
 
 def cmd_outbox_requeue(args: argparse.Namespace) -> int:
-    from bgworkers import outbox_admin
+    from bgworkers.jobs.outbox import admin as outbox_admin
 
     return _with_databases(args, lambda s, d: outbox_admin.requeue(
         s, d, args.tenant, args.id, args.all_dead, args.dry_run, print))
 
 
 def cmd_outbox_stats(args: argparse.Namespace) -> int:
-    from bgworkers import outbox_admin
+    from bgworkers.jobs.outbox import admin as outbox_admin
 
     return _with_databases(args, lambda s, d: outbox_admin.stats(s, d, args.tenant, print))
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from bgworkers import history_cli
-    from bgworkers.status import database_label
+    from bgworkers.service import history_cli
+    from bgworkers.service.status import database_label
 
     def work(settings: Settings, dbs: Databases) -> int:
         label = database_label(dbs, settings.database.coordination_url or
@@ -220,35 +226,35 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    from bgworkers import quarantine
+    from bgworkers.jobs.serials import quarantine
 
     return _with_databases(args, lambda s, d: quarantine.list_rows(
         s, d, args.tenant, args.reason, args.all, args.json, print, limit=args.limit))
 
 
 def cmd_quarantine_resolve(args: argparse.Namespace) -> int:
-    from bgworkers import quarantine
+    from bgworkers.jobs.serials import quarantine
 
     return _with_databases(args, lambda s, d: quarantine.resolve_rows(
         s, d, args.tenant, args.id, print))
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    from bgworkers import pauses
+    from bgworkers.engine import pauses
 
     return _with_databases(args, lambda s, d: pauses.pause(
         s, d, args.job, args.tenant, args.reason, print))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from bgworkers import pauses
+    from bgworkers.engine import pauses
 
     return _with_databases(args, lambda s, d: pauses.resume(s, d, args.job, args.tenant, print))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """A monitoring check: every way it can end is an answer on stdout and a Nagios code."""
-    from bgworkers import status
+    from bgworkers.service import status
 
     now = SystemClock().now()
     try:
@@ -264,7 +270,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from bgworkers import explain
+    from bgworkers.jobs.serials import explain
 
     return _with_databases(args, lambda s, d: explain.explain(
         s, d, args.serial, args.tenant, print, as_json=args.json))
@@ -390,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_operator_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """history, quarantine list|resolve, pause, resume."""
-    from bgworkers import history_cli, quarantine
+    from bgworkers.jobs.serials import quarantine
+    from bgworkers.service import history_cli
 
     jobs = ", ".join(BY_NAME)
     p = add("history", cmd_history,

@@ -37,8 +37,8 @@ from helpers import DbUrls, World, build_world, require
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from bgworkers import logs
-from bgworkers.harness import MariaDB, MariaDBError
+from bgworkers.demo.harness import MariaDB, MariaDBError
+from bgworkers.engine import logs
 
 MARIADB_URL_ENV = "BGWORKERS_TEST_MARIADB_URL"
 #: In the run's shared temporary directory, for the workers of one xdist run.

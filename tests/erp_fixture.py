@@ -28,7 +28,7 @@ import dashboard_data as dd
 import sqlalchemy as sa
 from jobs_helpers import bad_check, std
 
-from bgworkers.serials import hash_signature
+from bgworkers.jobs.serials.format import hash_signature
 
 SHAPES = ("t27", "guide")
 OPTIONS = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"

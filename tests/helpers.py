@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bgworkers import cli, dbadmin
+from bgworkers import cli
 from bgworkers.db import ensure_database
+from bgworkers.engine.tenancy import Databases, discover
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases, discover
 
 
 def require(condition: bool, reason: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 def alert_level(job: str, counters: Mapping[str, int]) -> str:
     """The level the runner logs a tenant result at, with the default thresholds."""
-    from bgworkers import alerts
+    from bgworkers.engine import alerts
     from bgworkers.jobs import BY_NAME
     from bgworkers.settings import AlertsSettings
 
@@ -19,7 +19,7 @@ def std(seq: int, ptype: str = "hatthasilpa", code: str = "BLVR") -> str:
     """A valid standard serial, distinct per sequence number."""
     from datetime import date
 
-    from bgworkers.serials import format_serial
+    from bgworkers.jobs.serials.format import format_serial
 
     return format_serial(code, ptype, "BAG01", date(2025, 11, 10), seq, f"H{seq:03d}")
 

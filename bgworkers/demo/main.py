@@ -13,8 +13,8 @@ from random import Random
 from sqlalchemy import Engine, Table, func, inspect, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from bgworkers import dbadmin
 from bgworkers.db import ensure_database
+from bgworkers.db.dialects import is_mysql, is_sqlite, sqlite_file
 from bgworkers.demo.catalog import (
     PROFILE,
     GraphSpec,
@@ -29,10 +29,10 @@ from bgworkers.demo.plan import Plan, PlanError, make_plan
 from bgworkers.demo.stamps import Stamps, anchor, epoch
 from bgworkers.demo.tenant import TenantGenerator, TenantRun
 from bgworkers.demo.writer import BulkWriter, WriterError
-from bgworkers.dialects import is_mysql, is_sqlite, sqlite_file
+from bgworkers.engine.tenancy import Databases, is_active
 from bgworkers.schema import core, own, tenant
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, TenantsSettings, tenant_code_problem
-from bgworkers.tenancy import Databases, is_active
 
 Out = Callable[[str], None]
 _DATA_TABLES = ("job_ticket", "job_ticket_serial", "flow_token")

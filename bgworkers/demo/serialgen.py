@@ -16,7 +16,7 @@ import hashlib
 from typing import Any
 
 from bgworkers.demo.catalog import DEMO_SALTS
-from bgworkers.serials import ALPHABET, checksum, type_code
+from bgworkers.jobs.serials.format import ALPHABET, checksum, type_code
 
 HASH_SPACE = 36**4
 #: Multiplier of the HASH4 bijection: coprime to 36, so i -> (i*A + b) mod 36^4 is one-to-one.

@@ -11,7 +11,7 @@ import calendar
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bgworkers.clock import SystemClock, naive_utc
+from bgworkers.engine.clock import SystemClock, naive_utc
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 _EPOCH = date(1970, 1, 1)

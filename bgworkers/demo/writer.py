@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table
 
-from bgworkers.dialects import is_mysql
+from bgworkers.db.dialects import is_mysql
 
 Row = tuple[Any, ...]
 _STOP = None

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bgworkers.alerts import OUTBOX_BACKLOG, Rule
-from bgworkers.jobs import dashboard, heartbeat, serial_consistency, serial_outbox
-from bgworkers.jobs.base import JobSpec
-from bgworkers.jobs.dashboard import Tier
+from bgworkers.engine.alerts import OUTBOX_BACKLOG, Rule
+from bgworkers.engine.job import JobSpec
+from bgworkers.jobs import heartbeat
+from bgworkers.jobs.dashboards import job as dashboard
+from bgworkers.jobs.dashboards.job import Tier
+from bgworkers.jobs.outbox import job as serial_outbox
+from bgworkers.jobs.serials import consistency as serial_consistency
 from bgworkers.schema import core, tenant
 from bgworkers.settings import (
     DashboardFastSettings,

@@ -11,7 +11,7 @@ import threading
 
 from sqlalchemy import text
 
-from bgworkers.jobs.base import Counters, JobContext
+from bgworkers.engine.job import Counters, JobContext
 from bgworkers.settings import HeartbeatSettings
 
 COUNTERS = ("checks", "errors")

@@ -14,7 +14,7 @@ import re
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from bgworkers.dialects import is_mariadb, is_mysql
+from bgworkers.db.dialects import is_mariadb, is_mysql
 from bgworkers.schema.migrate import planner, sql_text
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import Column, Connection, Dialect, Engine, MetaData, String, Ta
 from sqlalchemy.engine.reflection import Inspector
 from sqlalchemy.schema import CreateTable, PrimaryKeyConstraint
 
-from bgworkers.dialects import is_mysql
+from bgworkers.db.dialects import is_mysql
 
 Chain = Literal["coordination", "tenant"]
 VERSION_TABLE = "bgw_schema_version"

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from daemon_helpers import daemon, heartbeat_settings, runs
 from helpers import DbUrls, MakeWorld
 
-from bgworkers.harness import NotifyListener, events
+from bgworkers.demo.harness import NotifyListener, events
 from bgworkers.schema import own
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from daemon_helpers import daemon, heartbeat_settings, runs
 from helpers import DbUrls, MakeWorld
 
-from bgworkers.harness import MariaDB, events
+from bgworkers.demo.harness import MariaDB, events
 
 pytestmark = pytest.mark.mariadb
 

@@ -19,7 +19,7 @@ import pytest
 from daemon_helpers import daemon, heartbeat_settings
 from helpers import DbUrls, MakeWorld, require
 
-from bgworkers.harness import NotifyListener
+from bgworkers.demo.harness import NotifyListener
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "bgworkers.rules.yml"

@@ -15,7 +15,7 @@ import pytest
 from daemon_helpers import daemon, heartbeat_settings, runs
 from helpers import DbUrls, MakeWorld
 
-from bgworkers.harness import events
+from bgworkers.demo.harness import events
 
 pytestmark = pytest.mark.mariadb
 

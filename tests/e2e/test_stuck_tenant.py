@@ -24,7 +24,7 @@ from daemon_helpers import daemon, runs
 from helpers import DbUrls, MakeWorld, write_settings
 from sqlalchemy.pool import NullPool
 
-from bgworkers.harness import MariaDB
+from bgworkers.demo.harness import MariaDB
 from bgworkers.jobs import REGISTRY
 
 pytestmark = pytest.mark.mariadb

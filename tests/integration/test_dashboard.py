@@ -36,17 +36,17 @@ from helpers import DbUrls, build_world, write_settings
 from jobs_helpers import alert_level
 from structlog.testing import capture_logs
 
-from bgworkers.clock import FixedClock
-from bgworkers.harness import make_context
-from bgworkers.jobs import dashboard
-from bgworkers.jobs.base import JobContext, LeaseLost
-from bgworkers.jobs.dashboard_sql import Moment
-from bgworkers.jobs.dashboard_trends import rewrite_from
-from bgworkers.runner import Runner
+from bgworkers.demo.harness import make_context
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.job import JobContext, LeaseLost
+from bgworkers.engine.runner import Runner
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.dashboards import job as dashboard
+from bgworkers.jobs.dashboards.sql import Moment
+from bgworkers.jobs.dashboards.trends import rewrite_from
 from bgworkers.schema import own
 from bgworkers.schema import tenant as t
 from bgworkers.settings import Settings
-from bgworkers.tenancy import Databases
 
 TIERS = ("dashboard_fast", "dashboard_medium", "dashboard_slow")
 

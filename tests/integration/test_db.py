@@ -12,9 +12,9 @@ from helpers import CliResult, DbUrls, write_settings
 from helpers import bgworkers as cli
 
 from bgworkers.db import ensure_database
+from bgworkers.engine.tenancy import Databases, discover
 from bgworkers.schema import core, tenant
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases, discover
 
 ORGS = [
     {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",

@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, build_world, write_settings
 
-from bgworkers import dbadmin
 from bgworkers.demo import DEMO_SALTS, generate, planted_counts
+from bgworkers.engine.tenancy import Databases, discover
+from bgworkers.jobs.serials.format import Kind, classify, compile_patterns, parse_standard
 from bgworkers.schema import core, own, tenant
-from bgworkers.serials import Kind, classify, compile_patterns, parse_standard
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings
-from bgworkers.tenancy import Databases, discover
 
 AT = datetime(2025, 11, 14, 9, 30)  # naive UTC
 LIVE = ("ready", "active", "waiting", "paused")

@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from helpers import DbUrls, write_settings
 from jobs_helpers import table_digest
 
-from bgworkers import dbadmin
-from bgworkers.clock import FixedClock
 from bgworkers.db import ensure_database
-from bgworkers.harness import make_context
-from bgworkers.jobs import dashboard
-from bgworkers.runner import Runner
+from bgworkers.demo.harness import make_context
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.runner import Runner
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.dashboards import job as dashboard
+from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases
 
 JOBS = ("serial_consistency", "serial_outbox", "dashboard_fast", "dashboard_medium",
         "dashboard_slow")

@@ -20,16 +20,16 @@ import sqlalchemy as sa
 from helpers import DbUrls, bgworkers, build_world, write_settings
 from jobs_helpers import bad_check, std, table_digest
 
-from bgworkers.clock import FixedClock
 from bgworkers.demo import DEMO_SALT_VERSION, DEMO_SALTS, generate
-from bgworkers.explain import explain, gather, read_only
-from bgworkers.harness import make_context
-from bgworkers.jobs import serial_consistency
-from bgworkers.jobs.serial_consistency import OUTCOME_COUNTERS
+from bgworkers.demo.harness import make_context
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.serials import consistency as serial_consistency
+from bgworkers.jobs.serials.consistency import OUTCOME_COUNTERS
+from bgworkers.jobs.serials.explain import explain, gather, read_only
+from bgworkers.jobs.serials.format import hash_signature
 from bgworkers.schema import core, tenant
-from bgworkers.serials import hash_signature
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases
 
 NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
 UTC_NOW = NOW.replace(tzinfo=None)

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from helpers import DbUrls, build_world, write_settings
 
-from bgworkers.jobs.base import LeaseLost
-from bgworkers.leases import Leases
-from bgworkers.tenancy import Databases
+from bgworkers.engine.job import LeaseLost
+from bgworkers.engine.leases import Leases
+from bgworkers.engine.tenancy import Databases
 
 
 @pytest.fixture

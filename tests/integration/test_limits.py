@@ -24,8 +24,8 @@ from helpers import DbUrls, MakeWorld
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from bgworkers import limits
-from bgworkers.runner import Runner, TickResult
+from bgworkers.db import limits
+from bgworkers.engine.runner import Runner, TickResult
 from bgworkers.schema import own
 from bgworkers.settings import load_settings
 

@@ -12,11 +12,11 @@ from daemon_helpers import heartbeat_settings
 from helpers import DbUrls, MakeWorld
 from prometheus_client import generate_latest
 
-from bgworkers.history import RunStatus
-from bgworkers.metrics import STATUSES, Metrics
+from bgworkers.engine.history import RunStatus
+from bgworkers.engine.tenancy import Databases
 from bgworkers.schema.own import run
+from bgworkers.service.metrics import STATUSES, Metrics
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import Databases
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DOWN = "sqlite:////nonexistent-dir/{code_lower}.db"

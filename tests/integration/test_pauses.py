@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings, runs
 from helpers import DbUrls, MakeWorld, bgworkers
 
-from bgworkers.runner import Runner
+from bgworkers.engine.runner import Runner
 from bgworkers.schema import own
 from bgworkers.settings import load_settings
 

@@ -30,14 +30,16 @@ import sqlalchemy as sa
 from helpers import DbUrls, build_world, write_settings
 from jobs_helpers import std, table_digest
 
-from bgworkers import explain
-from bgworkers.clock import FixedClock
-from bgworkers.harness import make_context
-from bgworkers.jobs import outbox_store, serial_consistency, serial_outbox
-from bgworkers.logs import configure_logging
+from bgworkers.demo.harness import make_context
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.logs import configure_logging
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.outbox import job as serial_outbox
+from bgworkers.jobs.outbox import store as outbox_store
+from bgworkers.jobs.serials import consistency as serial_consistency
+from bgworkers.jobs.serials import explain
 from bgworkers.schema import core, tenant
 from bgworkers.settings import LoggingSettings, Settings
-from bgworkers.tenancy import Databases
 
 NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
 UTC_NOW = NOW.replace(tzinfo=None)

@@ -17,12 +17,12 @@ from daemon_helpers import heartbeat_settings, runs
 from helpers import CliResult, DbUrls, MakeWorld, bgworkers, environment
 
 from bgworkers.cli import main
-from bgworkers.clock import FixedClock
-from bgworkers.daemon import Daemon
 from bgworkers.db import ensure_database
-from bgworkers.leases import Leases
-from bgworkers.runner import Runner
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.leases import Leases
+from bgworkers.engine.runner import Runner
 from bgworkers.schema import own
+from bgworkers.service.daemon import Daemon
 from bgworkers.settings import load_settings
 
 TICK = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

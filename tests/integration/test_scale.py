@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings
 from helpers import DbUrls, MakeWorld
 
+from bgworkers.engine.tenancy import Databases
 from bgworkers.settings import load_settings
-from bgworkers.tenancy import Databases
 
 CODES = [f"atelier_{i:02d}" for i in range(24)]
 

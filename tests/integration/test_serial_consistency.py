@@ -20,14 +20,14 @@ import sqlalchemy as sa
 from helpers import DbUrls, build_world, write_settings
 from jobs_helpers import alert_level, bad_check, std, table_digest
 
-from bgworkers.harness import make_context
-from bgworkers.jobs import serial_consistency
-from bgworkers.jobs.base import JobContext, LeaseLost
-from bgworkers.logs import configure_logging
+from bgworkers.demo.harness import make_context
+from bgworkers.engine.job import JobContext, LeaseLost
+from bgworkers.engine.logs import configure_logging
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.serials import consistency as serial_consistency
+from bgworkers.jobs.serials.format import checksum, hash_signature
 from bgworkers.schema import core, tenant
-from bgworkers.serials import checksum, hash_signature
 from bgworkers.settings import LoggingSettings, Settings, load_settings
-from bgworkers.tenancy import Databases
 
 NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
 UTC_NOW = NOW.replace(tzinfo=None)

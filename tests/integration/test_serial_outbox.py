@@ -23,14 +23,15 @@ import structlog
 from helpers import DbUrls, build_world, write_settings
 from jobs_helpers import alert_level
 
-from bgworkers import outbox_admin
-from bgworkers.clock import FixedClock
-from bgworkers.harness import make_context
-from bgworkers.jobs import outbox_store, serial_outbox
-from bgworkers.jobs.base import JobContext, LeaseLost
+from bgworkers.demo.harness import make_context
+from bgworkers.engine.clock import FixedClock
+from bgworkers.engine.job import JobContext, LeaseLost
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.outbox import admin as outbox_admin
+from bgworkers.jobs.outbox import job as serial_outbox
+from bgworkers.jobs.outbox import store as outbox_store
 from bgworkers.schema import core, tenant
 from bgworkers.settings import Settings
-from bgworkers.tenancy import Databases
 
 NOW = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
 TABLE_NOW = datetime(2026, 1, 15, 3, 0)  # naive UTC, as the serial tables store it

@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from daemon_helpers import heartbeat_settings
 from helpers import CliResult, DbUrls, MakeWorld, bgworkers, write_settings
 
-from bgworkers import status as status_module
+from bgworkers.engine.tenancy import Databases
 from bgworkers.schema import core
 from bgworkers.schema.own import run
+from bgworkers.service import status as status_module
 from bgworkers.settings import load_settings
-from bgworkers.tenancy import Databases
 
 MINUTE = timedelta(minutes=1)
 TRACEBACK = ('Traceback (most recent call last):\n  File "x.py", line 1, in run\n'

@@ -20,9 +20,9 @@ from helpers import DbUrls, MakeWorld, World
 from jobs_helpers import table_digest
 
 from bgworkers.db import ensure_database
+from bgworkers.engine.tenancy import TenantError, discover, resolve
 from bgworkers.schema import tenant
 from bgworkers.settings import Settings, load_settings
-from bgworkers.tenancy import TenantError, discover, resolve
 
 OLD = datetime(2026, 1, 10, 8, 0)
 SERIAL = "MAIS-HAT-BAG01-20260110-00001-AB12-X"

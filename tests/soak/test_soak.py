@@ -47,7 +47,7 @@ from daemon_helpers import daemon, heartbeat_settings, runs
 from helpers import DbUrls, build_world
 from sqlalchemy.pool import NullPool
 
-from bgworkers.harness import MariaDB, events
+from bgworkers.demo.harness import MariaDB, events
 from bgworkers.schema import own
 
 pytestmark = pytest.mark.mariadb

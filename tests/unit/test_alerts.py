@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bgworkers.alerts import Alert, check, level
+from bgworkers.engine.alerts import Alert, check, level
 from bgworkers.jobs import BY_NAME
 from bgworkers.settings import AlertsSettings
 

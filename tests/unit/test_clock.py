@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from bgworkers.clock import aware_utc, naive_local, naive_utc
+from bgworkers.engine.clock import aware_utc, naive_local, naive_utc
 
 BANGKOK = ZoneInfo("Asia/Bangkok")  # UTC+7, no daylight saving
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bgworkers.cron import cron_trigger, crontab_weekdays
-from bgworkers.scheduler import describe_trigger, make_trigger, next_fire, previous_fire
+from bgworkers.engine.cron import cron_trigger, crontab_weekdays
+from bgworkers.engine.scheduler import describe_trigger, make_trigger, next_fire, previous_fire
 from bgworkers.settings import SchedulerSettings, SerialOutboxSettings
 
 SUNDAY = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)  # a Sunday

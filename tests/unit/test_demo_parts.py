@@ -15,8 +15,14 @@ from bgworkers.demo.catalog import graph_specs, memberships, organizations, team
 from bgworkers.demo.plan import PROBLEM_MIN_SIZE, PlanError, make_plan
 from bgworkers.demo.stamps import Stamps, epoch
 from bgworkers.demo.writer import _escaped, tsv
-from bgworkers.serials import Kind, classify, compile_patterns, format_serial, parse_standard
-from bgworkers.settings_jobs import SerialConsistencySettings
+from bgworkers.jobs.serials.format import (
+    Kind,
+    classify,
+    compile_patterns,
+    format_serial,
+    parse_standard,
+)
+from bgworkers.settings.jobs import SerialConsistencySettings
 
 
 def test_standard_serials_are_format_serial_and_unique() -> None:

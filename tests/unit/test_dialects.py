@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from bgworkers.dialects import (
+from bgworkers.db.dialects import (
     is_mysql,
     is_sqlite,
     is_sqlite_dbapi,

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from bgworkers.alerts import Rule
-from bgworkers.history import RunStatus
+from bgworkers.engine.alerts import Rule
+from bgworkers.engine.history import RunStatus
+from bgworkers.engine.job import JobSpec
+from bgworkers.engine.logs import LEVELS
 from bgworkers.jobs import DASHBOARD_FAST, REGISTRY
-from bgworkers.jobs.base import JobSpec
-from bgworkers.logs import LEVELS
 from bgworkers.settings import AlertsSettings, JobsSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworkers import logs
-from bgworkers.logs import (
+from bgworkers.engine import logs
+from bgworkers.engine.logs import (
     bind_context,
     clear_context,
     configure_logging,
@@ -443,7 +443,7 @@ def test_a_long_step_says_it_is_still_running_and_a_short_one_says_nothing() -> 
     import io
     import time
 
-    from bgworkers.logs import configure_logging, get_logger, still_running
+    from bgworkers.engine.logs import configure_logging, get_logger, still_running
     from bgworkers.settings import LoggingSettings
 
     buf = io.StringIO()

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pytest
 
-from bgworkers.jobs.outbox_store import Item, row_problem
-from bgworkers.jobs.serial_consistency import parse_naive
-from bgworkers.serials import key_problem, shown
+from bgworkers.jobs.outbox.store import Item, row_problem
+from bgworkers.jobs.serials.consistency import parse_naive
+from bgworkers.jobs.serials.format import key_problem, shown
 
 UNDECODABLE = b"BLVR\xff".decode("utf-8", "surrogateescape")
 

@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bgworkers.scheduler import Changes, Plan, changed_sections, plans, reconcile, tick_identity
+from bgworkers.engine.scheduler import (
+    Changes,
+    Plan,
+    changed_sections,
+    plans,
+    reconcile,
+    tick_identity,
+)
 from bgworkers.settings import SchedulerSettings, SerialOutboxSettings, Settings
 
 P5 = Plan("every 5m", 0.0, 60.0, True)

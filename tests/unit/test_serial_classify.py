@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bgworkers.serials import (
+from bgworkers.jobs.serials.format import (
     ALPHABET,
     Kind,
     classify,

@@ -6,7 +6,13 @@ from datetime import date
 
 import pytest
 
-from bgworkers.serials import checksum, format_serial, parse_standard, to_base36, type_code
+from bgworkers.jobs.serials.format import (
+    checksum,
+    format_serial,
+    parse_standard,
+    to_base36,
+    type_code,
+)
 
 
 @pytest.mark.parametrize("serial", [
