@@ -4,6 +4,7 @@ reload."""
 from __future__ import annotations
 
 import functools
+import random
 import threading
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -150,12 +151,35 @@ class Trigger(Protocol):
 
 @dataclass(frozen=True)
 class Timing:
-    """How one scheduled entry fires: its trigger, how late a firing may still run (None:
-    however late) and whether several overdue firings run once."""
+    """How one scheduled entry fires: its trigger (without jitter), how late a firing may
+    still run (None: however late), whether several overdue firings run once, and the
+    jitter: each fire time is its tick plus a random delay up to that."""
 
     trigger: Trigger
     misfire_grace: timedelta | None
     coalesce: bool = True
+    jitter: timedelta = timedelta(0)
+
+    def first(self, now: datetime) -> datetime | None:
+        """The first fire time from `now`."""
+        return self._jittered(self.trigger.get_next_fire_time(None, now))
+
+    def after(self, fire: datetime, now: datetime) -> datetime | None:
+        """The fire time that follows `fire`: counted from its tick, so that jitter never
+        adds up from one firing to the next."""
+        return self._jittered(self.trigger.get_next_fire_time(self.tick(fire), now))
+
+    def tick(self, fire: datetime) -> datetime:
+        """The un-jittered scheduled time of a fire time (as `tick_identity`)."""
+        if not self.jitter:
+            return fire
+        tick: datetime | None = self.trigger.get_next_fire_time(None, fire - self.jitter)
+        return fire if tick is None else tick
+
+    def _jittered(self, tick: datetime | None) -> datetime | None:
+        if tick is None or not self.jitter:
+            return tick
+        return tick + timedelta(seconds=random.uniform(0, self.jitter.total_seconds()))
 
 
 @dataclass(frozen=True)
@@ -177,6 +201,12 @@ class Due:
         return min((at for at in self.next_runs.values() if at is not None), default=None)
 
 
+def job_timing(job: JobSettings, scheduler: SchedulerSettings) -> Timing:
+    """How a job fires, from its settings."""
+    return Timing(make_trigger(job, scheduler, jitter=False),
+                  job.misfire_grace or scheduler.misfire_grace, job.coalesce, job.jitter)
+
+
 def lateness(run_time: datetime, grace: timedelta | None, now: datetime) -> str | None:
     """Why a firing at `run_time` is too late to run at `now`; None while it may run."""
     late = now - run_time
@@ -187,7 +217,7 @@ def lateness(run_time: datetime, grace: timedelta | None, now: datetime) -> str 
 
 def due(timings: Mapping[str, Timing], next_runs: Mapping[str, datetime | None],
         now: datetime, running: Collection[str] = ()) -> Due:
-    """What fires at `now` (pure but for a trigger's jitter).
+    """What fires at `now` (pure but for the jitter drawn for the next fire times).
 
     `next_runs` holds each entry's next fire time, `running` the entries whose previous
     firing is still being handled.  Every fire time up to `now` fires; with `coalesce`
@@ -200,7 +230,7 @@ def due(timings: Mapping[str, Timing], next_runs: Mapping[str, datetime | None],
         fire, run_times = next_runs.get(name), []
         while fire is not None and fire <= now:
             run_times.append(fire)
-            fire = timing.trigger.get_next_fire_time(fire, now)
+            fire = timing.after(fire, now)
         if not run_times:
             continue
         if timing.coalesce:
@@ -281,19 +311,16 @@ class Scheduler:
             for name in changes.remove:
                 del self._entries[name]
                 self._next.pop(name, None)
+            for name in (*changes.add, *changes.reschedule, *changes.modify):
+                self._entries[name] = self._job(name, settings)
             for name in (*changes.add, *changes.reschedule):
-                trigger = make_trigger(settings.jobs.get(name), settings.scheduler)
-                self._entries[name] = self._job(name, wanted[name], trigger)
                 self._next[name] = self._first(name, now)
-            for name in changes.modify:
-                self._entries[name] = self._job(name, wanted[name],
-                                                self._entries[name].timing.trigger)
             self.held = wanted
             self._wake.notify()
         return changes
 
-    def _job(self, name: str, plan: Plan, trigger: Trigger) -> _Entry:
-        timing = Timing(trigger, timedelta(seconds=plan.misfire_grace), plan.coalesce)
+    def _job(self, name: str, settings: Settings) -> _Entry:
+        timing = job_timing(settings.jobs.get(name), settings.scheduler)
         return _Entry(timing, self._ticks, functools.partial(self.on_tick, name),
                       functools.partial(self.on_missed, name), {"job": name})
 
@@ -318,7 +345,7 @@ class Scheduler:
         """An entry's first fire time: from now once started; set at start before."""
         if not self._started:
             return None
-        return self._entries[name].timing.trigger.get_next_fire_time(None, now)
+        return self._entries[name].timing.first(now)
 
     def next_fire_times(self) -> dict[str, datetime | None]:
         """Each job's next fire time (None: not before it is started)."""

@@ -13,6 +13,7 @@ from bgworkers.scheduler import (
     Firing,
     Timing,
     due,
+    job_timing,
     make_trigger,
     tick_identity,
 )
@@ -23,9 +24,8 @@ MINUTE = timedelta(minutes=1)
 GRACE = timedelta(seconds=60)
 
 
-def every(interval: str, grace: timedelta | None = GRACE, coalesce: bool = True,
-          jitter: str = "0s") -> Timing:
-    job = SerialOutboxSettings(every=interval, jitter=jitter)  # type: ignore[arg-type]
+def every(interval: str, grace: timedelta | None = GRACE, coalesce: bool = True) -> Timing:
+    job = SerialOutboxSettings(every=interval)  # type: ignore[arg-type]
     return Timing(make_trigger(job, SchedulerSettings()), grace, coalesce)
 
 
@@ -151,10 +151,31 @@ def test_crontab_weekdays_hold_in_due() -> None:
 
 def test_a_jittered_firing_is_identified_by_its_scheduled_time() -> None:
     job = SerialOutboxSettings(every="5m", jitter="30s")  # type: ignore[arg-type]
-    timing = Timing(make_trigger(job, SchedulerSettings()), GRACE)
-    first = timing.trigger.get_next_fire_time(None, T - timedelta(seconds=1))
+    timing = job_timing(job, SchedulerSettings())
+    assert timing.trigger.get_next_fire_time(None, T - timedelta(seconds=1)) == T
+    first = timing.first(T - timedelta(seconds=1))
+    assert first is not None
     assert T <= first <= T + timedelta(seconds=30)
     assert due({"a": timing}, {"a": first}, first - timedelta(microseconds=1)).firings == ()
     [firing] = due({"a": timing}, {"a": first}, first).firings
     assert firing == Firing("a", first)
     assert tick_identity(job, SchedulerSettings(), firing.run_time) == T
+
+
+@pytest.mark.parametrize("table", [{"every": "5m"}, {"cron": "*/5 * * * *"}])
+def test_jittered_firings_keep_to_their_ticks(table: dict[str, str]) -> None:
+    """Each firing falls within the jitter after its own tick, however many follow:
+    the next tick is counted from the last tick, not from the jittered firing."""
+    job = SerialOutboxSettings(**table, jitter="2m")  # type: ignore[arg-type]
+    timing = job_timing(job, SchedulerSettings())
+    next_runs = {"a": timing.first(T - timedelta(seconds=1))}
+    fired = []
+    for _ in range(24):
+        at = next_runs["a"]
+        assert at is not None
+        result = due({"a": timing}, next_runs, at)
+        fired += [f.run_time for f in result.firings if f.missed is None]
+        next_runs = result.next_runs
+    ticks = [T + n * 5 * MINUTE for n in range(24)]
+    assert [tick_identity(job, SchedulerSettings(), at) for at in fired] == ticks
+    assert all(tick <= at <= tick + 2 * MINUTE for tick, at in zip(ticks, fired, strict=True))
