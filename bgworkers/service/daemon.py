@@ -14,12 +14,10 @@ import signal
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.db import error_line, limits
@@ -46,7 +44,6 @@ class Daemon:
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.runner = Runner(settings, self.clock)
         self.scheduler = Scheduler(self._tick, self._missed, self.clock)
-        self.scheduler.aps.add_executor(ThreadPoolExecutor(1), "internal")
         self.reload_error: str | None = None
         self.last_tick = "no tick yet"
         self.runner.metrics = Metrics()
@@ -136,17 +133,15 @@ class Daemon:
         started = time.monotonic()
         self.runner.leases.start()
         self.scheduler.apply(self.settings)
-        self.scheduler.aps.add_job(self._catch_up, id="_catch_up", executor="internal",
-                                   next_run_time=self.clock.now())
-        self.scheduler.aps.add_job(self._housekeeping, IntervalTrigger(hours=1), id="_housekeeping",
-                                   executor="internal", next_run_time=self.clock.now())
-        self.scheduler.aps.add_job(self._watch, IntervalTrigger(minutes=1), id="_watch",
-                                   executor="internal", next_run_time=self.clock.now())
+        # The daemon's own work, one call at a time, each first at start.
+        self.scheduler.call("catch_up", self._catch_up)
+        self.scheduler.call("housekeeping", self._housekeeping, every=timedelta(hours=1))
+        self.scheduler.call("watch", self._watch, every=timedelta(minutes=1))
         if self.settings.metrics.listen:
             assert self.runner.metrics is not None
             self.runner.metrics.start(self.settings, self.runner.dbs, self.clock.now())
             self.runner.metrics.serve(self.settings.metrics.listen)
-        self.scheduler.aps.start()
+        self.scheduler.start()
         log.info("daemon_started", pid=os.getpid(), config=str(self.config),
                  ms=int((time.monotonic() - started) * 1000), jobs=self._next_runs())
         notify("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
@@ -165,8 +160,7 @@ class Daemon:
 
     def _next_runs(self) -> dict[str, str]:
         return {name: f"{fire:%Y-%m-%d %H:%M:%S%z}" if fire else "paused"
-                for name, fire in self.scheduler.next_fire_times().items()
-                if not name.startswith("_")}
+                for name, fire in self.scheduler.next_fire_times().items()}
 
     def reload(self) -> None:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -195,7 +189,7 @@ class Daemon:
         running = self.runner.inflight()
         notify("STOPPING=1", f"STATUS=stopping: {running} tenant runs to finish")
         log.info("daemon_stopping", running=running, grace_s=grace)
-        self.scheduler.aps.shutdown(wait=False)
+        self.scheduler.stop()
 
         def second_signal() -> None:
             try:
