@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dashboard.py [--url mysql+mysqldb://root@127.0.0.1:PORT] [--demo]
 
-Without --url a throwaway server is started (bgworkers.harness) and removed
+Without --url a throwaway server is started (bgworkers.demo.harness) and removed
 afterwards.  With --url the databases (bgw_bench_<data>_core, bgw_bench_<data>_t_default)
 are kept there, so a second run skips the data.
 

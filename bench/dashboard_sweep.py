@@ -37,6 +37,7 @@ from bgworkers.demo.harness import mariadb_server
 from bgworkers.engine.logs import configure_logging
 from bgworkers.engine.runner import Runner, TickResult
 from bgworkers.engine.tenancy import Databases, discover
+from bgworkers.jobs import BY_NAME
 from bgworkers.schema import tenant as t
 from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
@@ -131,7 +132,7 @@ class PeakConnections:
 def measure(settings: Settings, url: str, n: int) -> tuple[list[float], int, list[str]]:
     """Two ticks of a fresh runner, as a daemon does after its start: their times, the
     server's peak connections, and what went wrong."""
-    runner = Runner(settings)
+    runner = Runner(settings, BY_NAME)
     runner.leases.start()
     ticks, failed = [], []
     try:

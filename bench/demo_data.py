@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/demo_data.py [--scale 1000] [--keep]
 
-Starts a throwaway MariaDB (bgworkers.harness; stopped and deleted
+Starts a throwaway MariaDB (bgworkers.demo.harness; stopped and deleted
 at the end, also when the benchmark is killed), or uses the server of
 BGWORKERS_BENCH_MARIADB_URL (e.g. mysql+mysqldb://root@127.0.0.1:3306; its
 benchmark databases are dropped at the end unless --keep).  Prints the rows

@@ -15,7 +15,7 @@ MariaDB; then, each in a fresh subprocess so that its peak RSS is its own:
 Printed: both times at the largest size and their ratio (held to <= 2.0, and the
 check to <= 20 s), the peak RSS of the check at the largest and smallest sizes
 and their ratio (held to <= 1.25).  Without --server-url a throwaway server is
-started (bgworkers.harness) and stopped at the end.
+started (bgworkers.demo.harness) and stopped at the end.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ figure is the best round (noise only adds time), the median beside it.
                                             [--rows 10000] [--repeat 15]
 
 Without --url (or BGWORKERS_TEST_MARIADB_URL) a throwaway MariaDB is started
-(bgworkers.harness) and removed afterwards.
+(bgworkers.demo.harness) and removed afterwards.
 
 Exit status 1 when a target is missed.
 """

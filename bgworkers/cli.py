@@ -68,7 +68,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     spec = BY_NAME[args.job]
     # On a terminal the summary below gives each tenant's counters: no log line repeats them.
     quiet_console("warning", hidden=("job_tenant_result", "job_run_summary"))
-    runner = Runner(settings)
+    runner = Runner(settings, BY_NAME)
     runner.leases.start()
     try:
         result = runner.tick(spec.name, runner.clock.now(), only=args.tenant,

@@ -2,7 +2,7 @@
 
 - `mariadb_server_url` (session): `mysql+mysqldb://root@127.0.0.1:PORT`, no
   database.  Taken from BGWORKERS_TEST_MARIADB_URL if set, else a server is
-  started (bgworkers.harness) and stopped at the end of the run; with xdist the
+  started (bgworkers.demo.harness) and stopped at the end of the run; with xdist the
   first worker to need it starts one server for all workers (each test has
   databases of its own on it).  No mariadbd: the test is skipped, or fails when CI=true.
 - `db_urls` (function, parametrized sqlite / mariadb): a `DbUrls` whose
@@ -11,7 +11,7 @@
   shared by the tests of a module (for data they only read).
 - `make_world` (function): `build_world` for this test, its databases disposed after it.
 - `own_mariadb` (function): a server of the test's own, which it may stop and
-  start again (`bgworkers.harness.MariaDB`); always started here, whatever
+  start again (`bgworkers.demo.harness.MariaDB`); always started here, whatever
   BGWORKERS_TEST_MARIADB_URL says.
 
 Every test starts with the logging configuration as the run found it (a command run

@@ -1,5 +1,5 @@
 """Helpers for tests of the runner and the daemon: settings, history, the daemon as a
-process (its sd_notify receiver and log events are in bgworkers.harness)."""
+process (its sd_notify receiver and log events are in bgworkers.demo.harness)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Jobs in tests: alert levels, serials, table checksums (a job's context: bgworkers.harness)."""
+"""Jobs in tests: alert levels, serials, table checksums (contexts: bgworkers.demo.harness)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, literal_column, text
 from sqlalchemy.engine import URL, Dialect
@@ -17,7 +17,9 @@ from sqlalchemy.pool import PoolProxiedConnection
 from bgworkers.db import limits
 from bgworkers.db.dialects import is_sqlite, sqlite_file
 from bgworkers.schema.types import PreciseDateTime
-from bgworkers.settings import DatabaseSettings
+
+if TYPE_CHECKING:  # settings import the dialect helpers of this package
+    from bgworkers.settings import DatabaseSettings
 
 
 def error_line(exc: BaseException) -> str:

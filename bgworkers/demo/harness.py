@@ -26,7 +26,7 @@ from bgworkers.engine.tenancy import Databases, discover
 from bgworkers.jobs import BY_NAME
 from bgworkers.settings import Settings
 
-MARIADB_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "harness" / "mariadb.sh"
+MARIADB_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "harness" / "mariadb.sh"
 START_TIMEOUT = 120.0  # seconds: mariadb-install-db and a first start on a slow machine
 STOP_TIMEOUT = 60.0
 

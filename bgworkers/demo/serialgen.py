@@ -1,6 +1,6 @@
 """Serial strings of the demo: standard ones, signed, and the planted bad and legacy ones.
 
-Standard serials follow bgworkers.serials.format_serial; this module computes
+Standard serials follow bgworkers.jobs.serials.format.format_serial; this module computes
 the same text faster (the per-ticket prefix and its checksum share are
 computed once).  HASH4 is a bijection of the serial index on [0, 36^4), so the
 serials of one tenant are unique, and the TENANT prefix makes them unique

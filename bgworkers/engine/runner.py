@@ -10,11 +10,11 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,9 +28,7 @@ from bgworkers.engine.job import Counters, JobContext, JobSpec, LeaseLost, S
 from bgworkers.engine.leases import Lease, Leases
 from bgworkers.engine.logs import LEVELS, get_logger, log_context
 from bgworkers.engine.tenancy import Databases, Tenant, TenantError, discover, resolve
-from bgworkers.jobs import BY_NAME
 from bgworkers.schema import core, needs
-from bgworkers.service.metrics import Metrics
 from bgworkers.settings import Settings
 
 log = get_logger("bgworkers.runner")
@@ -136,6 +134,15 @@ class TickResult:
         return out | {"dry_run": True} if self.dry_run else out
 
 
+class RunMetrics(Protocol):
+    """What the runner reports to metrics (the daemon's `service.metrics.Metrics`)."""
+
+    def run_finished(self, job: str, tenant: str, status: str, seconds: float | None,
+                     ended: datetime, alert_events: list[str]) -> None: ...
+
+    def tick_missed(self, job: str) -> None: ...
+
+
 @dataclass
 class _Run:
     """A queued or running (job, tenant) run of this process."""
@@ -159,7 +166,9 @@ class Runner:
     written again once the coordination database answers (`flush_history`).
     """
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, jobs: Mapping[str, JobSpec[Any]],
+                 clock: Clock | None = None) -> None:
+        self.jobs = jobs  # by name: the registry (`bgworkers.jobs.BY_NAME`)
         self.clock = clock or SystemClock()
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -173,7 +182,7 @@ class Runner:
         self.stalled: set[str] = set()  # tenants whose last run timed out
         self.known_tenants: list[str] = []  # as last discovered: for ticks that cannot list them
         self.stopping = threading.Event()
-        self.metrics: Metrics | None = None  # the daemon's; run-once has none
+        self.metrics: RunMetrics | None = None  # the daemon's; run-once has none
         #: Errors not yet followed by a success: (job, tenant or None for the tick) -> (when, text)
         self.errors: dict[tuple[str, str | None], tuple[datetime, str]] = {}
         self._runs: dict[tuple[str, str], _Run] = {}
@@ -222,7 +231,7 @@ class Runner:
         when the last of them ends.  A dry run (the flag, or the job's `dry_run`
         setting) writes nothing anywhere: no history, no lease.
         """
-        spec = BY_NAME[job]
+        spec = self.jobs[job]
         settings, dbs = self.settings, self.dbs
         dry_run = dry_run or spec.settings_in(settings).dry_run_only
         result = TickResult(job, tick_at, dry_run=dry_run)
@@ -564,7 +573,7 @@ class Runner:
                     reason=reason)
         result = TenantResult(MISSED, error=reason)
         if self.metrics is not None:
-            self.metrics.missed.labels(job).inc()
+            self.metrics.tick_missed(job)
         self._measure(job, tenant, result, None)
         return result
 

@@ -17,8 +17,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bgworkers.engine.clock import Clock
 from bgworkers.engine.cron import cron_trigger
 from bgworkers.engine.logs import get_logger
-from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.settings import JobSettings, SchedulerSettings, Settings, format_duration
+from bgworkers.settings.jobs import JobsSettings
 
 #: Intervals count from the epoch, so a 5-minute job fires at :00, :05, ... UTC on every
 #: replica, and replicas agree on the identity (scheduled time) of each tick.
@@ -101,11 +101,11 @@ class Plan:
 
 def plans(settings: Settings) -> dict[str, Plan]:
     out = {}
-    for spec in REGISTRY:
-        job = settings.jobs.get(spec.name)
+    for name in settings.jobs.names():
+        job = settings.jobs.get(name)
         if job.enabled:
             grace = job.misfire_grace or settings.scheduler.misfire_grace
-            out[spec.name] = Plan(describe_trigger(job, settings.scheduler),
+            out[name] = Plan(describe_trigger(job, settings.scheduler),
                                   job.jitter.total_seconds(), grace.total_seconds(),
                                   job.coalesce)
     return out
@@ -286,7 +286,7 @@ class Scheduler:
     """
 
     def __init__(self, on_tick: Tick, on_missed: Missed, clock: Clock,
-                 workers: int = len(REGISTRY) + 1) -> None:
+                 workers: int = len(JobsSettings.names()) + 1) -> None:
         self.on_tick, self.on_missed, self.clock = on_tick, on_missed, clock
         self.held: dict[str, Plan] = {}
         self._entries: dict[str, _Entry] = {}
@@ -329,7 +329,7 @@ class Scheduler:
         only once), on the one thread of such calls.  A call never misses for being late;
         one still queued or running when it fires again skips that firing."""
         with self._wake:
-            if name in self._entries or name in BY_NAME:
+            if name in self._entries or name in JobsSettings.names():
                 raise ValueError(f"{name!r} is scheduled already")
 
             def skipped(run_time: datetime, _why: str) -> None:  # calls are never late

@@ -26,7 +26,7 @@ from bgworkers.engine.clock import Clock, SystemClock
 from bgworkers.engine.logs import configure_logging, get_logger
 from bgworkers.engine.runner import BOOKKEEPING_LIMIT, Runner, TickResult
 from bgworkers.engine.scheduler import Scheduler, changed_sections, previous_fire, tick_identity
-from bgworkers.jobs import REGISTRY
+from bgworkers.jobs import BY_NAME, REGISTRY
 from bgworkers.service.metrics import Metrics
 from bgworkers.service.notify import notify, watchdog_interval
 from bgworkers.settings import Settings, SettingsError, load_settings
@@ -42,11 +42,11 @@ class Daemon:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.runner = Runner(settings, self.clock)
+        self.runner = Runner(settings, BY_NAME, self.clock)
         self.scheduler = Scheduler(self._tick, self._missed, self.clock)
         self.reload_error: str | None = None
         self.last_tick = "no tick yet"
-        self.runner.metrics = Metrics()
+        self.metrics = self.runner.metrics = Metrics()
 
     # -------------------------------------------------------------- scheduled work
 
@@ -107,8 +107,7 @@ class Daemon:
         self.runner.flush_history()  # history rows that could not be written earlier
         settings = self.settings
         if settings.jobs.serial_outbox.enabled or settings.jobs.serial_consistency.enabled:
-            assert self.runner.metrics is not None
-            self.runner.metrics.watch(settings, self.runner.dbs, self.clock.now())
+            self.metrics.watch(settings, self.runner.dbs, self.clock.now())
 
     # -------------------------------------------------------------- lifecycle
 
@@ -138,9 +137,8 @@ class Daemon:
         self.scheduler.call("housekeeping", self._housekeeping, every=timedelta(hours=1))
         self.scheduler.call("watch", self._watch, every=timedelta(minutes=1))
         if self.settings.metrics.listen:
-            assert self.runner.metrics is not None
-            self.runner.metrics.start(self.settings, self.runner.dbs, self.clock.now())
-            self.runner.metrics.serve(self.settings.metrics.listen)
+            self.metrics.start(self.settings, self.runner.dbs, self.clock.now())
+            self.metrics.serve(self.settings.metrics.listen)
         self.scheduler.start()
         log.info("daemon_started", pid=os.getpid(), config=str(self.config),
                  ms=int((time.monotonic() - started) * 1000), jobs=self._next_runs())

@@ -236,6 +236,9 @@ class Metrics:
 
     # -------------------------------------------------------------- runs
 
+    def tick_missed(self, job: str) -> None:
+        self.missed.labels(job).inc()
+
     def run_finished(self, job: str, tenant: str, status: str, seconds: float | None,
                      ended: datetime, alert_events: list[str]) -> None:
         self.runs.labels(job, tenant, status).inc()

@@ -36,7 +36,7 @@ class JobSettings(_Section):
 
     enabled: bool = True
     every: PositiveDuration | None = None
-    #: The runtime limit of one tenant run (see bgworkers.limits); the class
+    #: The runtime limit of one tenant run (see bgworkers.db.limits); the class
     #: default when not set.
     timeout: PositiveDuration | None = None
     cron: Annotated[str, AfterValidator(check_cron)] | None = None
@@ -230,6 +230,11 @@ class JobsSettings(_Section):
 
     def longest_timeout(self) -> timedelta:
         return max(self.get(name).run_limit for name in type(self).model_fields)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The jobs, in the registry's order."""
+        return list(cls.model_fields)
 
     def get(self, name: str) -> JobSettings:
         job = getattr(self, name, None)

@@ -22,8 +22,8 @@ SECRET = "s3cret-Pa55"
 
 EMIT = f"""
 import sys
-from bgworkers.harness import events
-from bgworkers.logs import configure_logging, get_logger, log_context
+from bgworkers.demo.harness import events
+from bgworkers.engine.logs import configure_logging, get_logger, log_context
 from bgworkers.settings import LoggingSettings
 
 configure_logging(LoggingSettings(format=sys.argv[1]), secrets=[{SECRET!r}])
@@ -91,7 +91,7 @@ def test_journal_entries_are_found_by_job(tmp_path: Path) -> None:
 
 
 DAEMON_EVENTS = """
-from bgworkers.logs import configure_logging, get_logger
+from bgworkers.engine.logs import configure_logging, get_logger
 from bgworkers.settings import LoggingSettings
 
 configure_logging(LoggingSettings(format="journal"))

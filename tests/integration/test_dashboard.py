@@ -41,6 +41,7 @@ from bgworkers.engine.clock import FixedClock
 from bgworkers.engine.job import JobContext, LeaseLost
 from bgworkers.engine.runner import Runner
 from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.dashboards import job as dashboard
 from bgworkers.jobs.dashboards.sql import Moment
 from bgworkers.jobs.dashboards.trends import rewrite_from
@@ -461,7 +462,7 @@ def test_a_tier_with_a_table_it_cannot_write_is_partial_not_ok(env: Env) -> None
     """An install whose table lacks a column: the run says so instead of 'ok'."""
     with env.db.begin() as conn:
         conn.execute(sa.text("ALTER TABLE mv_cycle_time_analytics DROP COLUMN p50_minutes"))
-    runner = Runner(env.settings, FixedClock(NOW))
+    runner = Runner(env.settings, BY_NAME, FixedClock(NOW))
     try:
         result = runner.tick("dashboard_medium", NOW, only="DEFAULT")
     finally:

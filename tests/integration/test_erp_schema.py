@@ -23,6 +23,7 @@ from bgworkers.demo.harness import make_context
 from bgworkers.engine.clock import FixedClock
 from bgworkers.engine.runner import Runner
 from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs import BY_NAME
 from bgworkers.jobs.dashboards import job as dashboard
 from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
@@ -213,7 +214,7 @@ def test_documented_schema_check_upgrade_jobs_and_a_second_upgrade(install: Inst
         assert nullable == "NO"
 
     # every job, through the runner, at the scenario's time
-    runner = Runner(install.settings, clock=FixedClock(erp.NOW))
+    runner = Runner(install.settings, BY_NAME, clock=FixedClock(erp.NOW))
     try:
         for job in JOBS:
             result = runner.tick(job, erp.NOW)

@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from bgworkers.db import limits
 from bgworkers.engine.runner import Runner, TickResult
+from bgworkers.jobs import BY_NAME
 from bgworkers.schema import own
 from bgworkers.settings import load_settings
 
@@ -77,7 +78,7 @@ def leases_held(core_url: str) -> int:
 
 
 def test_a_held_lock_ends_only_that_tenants_run(db_urls: DbUrls, config: Path) -> None:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         with locked(db_urls, "DEFAULT"):
             started = time.monotonic()
@@ -104,7 +105,7 @@ def test_a_held_lock_ends_only_that_tenants_run(db_urls: DbUrls, config: Path) -
 
 
 def test_a_slow_tenant_misses_its_own_ticks_only(db_urls: DbUrls, config: Path) -> None:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     done: list[TickResult] = []
     finished = threading.Event()
 
@@ -145,7 +146,7 @@ def test_a_stuck_tenant_never_takes_the_workers_of_the_others(
     """Once it timed out, the stuck tenant waits in a lane of its own: with one
     worker, the other tenant's runs still start at once."""
     monkeypatch.setenv("BGWORKERS_SCHEDULER__MAX_WORKERS", "1")
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         with locked(db_urls, "DEFAULT"):
             assert runner.tick("serial_outbox", TICK).tenants["DEFAULT"].status == "timed_out"
@@ -168,7 +169,7 @@ def test_a_stuck_tenant_never_takes_the_workers_of_the_others(
 @pytest.mark.parametrize("seconds", [3.0, 7.4])
 def test_session_limits_follow_the_run(db_urls: DbUrls, config: Path, seconds: float) -> None:
     """Inside a run the session carries the time left; outside, the server's own values."""
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     engine = runner.dbs.tenant("DEFAULT")
     try:
         if db_urls.backend == "sqlite":
@@ -194,7 +195,7 @@ def test_session_limits_follow_the_run(db_urls: DbUrls, config: Path, seconds: f
 
 
 def test_a_run_past_its_limit_sends_no_more_statements(db_urls: DbUrls, config: Path) -> None:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     engine = runner.dbs.tenant("DEFAULT")
     try:
         # closing may fail: by then the watchdog may have cut the connection too

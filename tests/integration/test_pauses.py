@@ -15,6 +15,7 @@ from daemon_helpers import heartbeat_settings, runs
 from helpers import DbUrls, MakeWorld, bgworkers
 
 from bgworkers.engine.runner import Runner
+from bgworkers.jobs import BY_NAME
 from bgworkers.schema import own
 from bgworkers.settings import load_settings
 
@@ -35,7 +36,7 @@ def cli(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[i
 
 
 def tick(config: Path, at: datetime) -> dict[str, tuple[str, str | None]]:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         result = runner.tick("heartbeat", at)
     finally:
@@ -137,7 +138,7 @@ def test_a_pause_for_all_tenants(db_urls: DbUrls, config: Path,
 def test_a_dry_run_ignores_pauses_and_an_unreadable_pause_table_stops_nothing(
         db_urls: DbUrls, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(config, capsys, "pause", "heartbeat")[0] == 0
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         dry = runner.tick("heartbeat", TICK, dry_run=True)
     finally:

@@ -21,6 +21,7 @@ from bgworkers.db import ensure_database
 from bgworkers.engine.clock import FixedClock
 from bgworkers.engine.leases import Leases
 from bgworkers.engine.runner import Runner
+from bgworkers.jobs import BY_NAME
 from bgworkers.schema import own
 from bgworkers.service.daemon import Daemon
 from bgworkers.settings import load_settings
@@ -40,7 +41,7 @@ def config(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Path:
 
 
 def add_broken_tenant(db_urls: DbUrls, config: Path) -> None:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     with runner.dbs.core.begin() as conn:
         conn.exec_driver_sql("INSERT INTO organization (id_org, code, name, status) "
                              "VALUES (9, 'broken', 'Broken', 'active')")
@@ -50,7 +51,7 @@ def add_broken_tenant(db_urls: DbUrls, config: Path) -> None:
 def test_one_broken_tenant_fails_alone_and_everything_is_recorded(
         db_urls: DbUrls, config: Path) -> None:
     add_broken_tenant(db_urls, config)
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         result = runner.tick("heartbeat", TICK)
     finally:
@@ -71,7 +72,7 @@ def test_one_broken_tenant_fails_alone_and_everything_is_recorded(
 
 
 def test_a_tick_runs_once_per_tenant(db_urls: DbUrls, config: Path) -> None:
-    first, second = Runner(load_settings(config)), Runner(load_settings(config))
+    first, second = Runner(load_settings(config), BY_NAME), Runner(load_settings(config), BY_NAME)
     try:
         assert all(r.status == "ok" for r in first.tick("heartbeat", TICK).tenants.values())
         again = second.tick("heartbeat", TICK)  # another replica firing the same tick
@@ -85,7 +86,7 @@ def test_a_tick_runs_once_per_tenant(db_urls: DbUrls, config: Path) -> None:
 
 def test_a_miss_recorded_elsewhere_never_takes_the_tick_away(
         db_urls: DbUrls, config: Path) -> None:
-    late, healthy = Runner(load_settings(config)), Runner(load_settings(config))
+    late, healthy = Runner(load_settings(config), BY_NAME), Runner(load_settings(config), BY_NAME)
     try:
         # a replica that cannot run the tick (its previous run still going) says so first
         late._tenant_missed("heartbeat", "DEFAULT", TICK, "previous run of this tenant "
@@ -105,7 +106,7 @@ def test_a_miss_recorded_elsewhere_never_takes_the_tick_away(
 
 
 def test_held_lease_skips_the_tenant_with_a_history_row(db_urls: DbUrls, config: Path) -> None:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     other = Leases(lambda: runner.dbs.coordination, "elsewhere:1", 30)
     held = other.acquire("heartbeat", "DEFAULT", "someone-else")
     assert held is not None
@@ -215,7 +216,7 @@ def test_status_line_time_stamps_the_last_error_and_clears_it_after_recovery(
 
 def test_a_dry_run_writes_no_history_and_no_lease(db_urls: DbUrls, config: Path) -> None:
     add_broken_tenant(db_urls, config)
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         real = runner.tick("heartbeat", TICK)
         before = [tuple(r) for r in runs(db_urls.core_url)]
@@ -235,7 +236,7 @@ def test_a_dry_run_writes_no_history_and_no_lease(db_urls: DbUrls, config: Path)
 
 def test_a_late_firing_is_recorded_missed_for_every_tenant(
         db_urls: DbUrls, config: Path) -> None:
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         first = runner.tick("heartbeat", TICK)
         runner.record_missed("heartbeat", TICK, "fired 75.0s late")  # ran already: no-op
@@ -262,7 +263,7 @@ def test_a_missing_column_fails_the_run_naming_database_table_column_and_fix(
                     "" if db_urls.backend == "sqlite" else " ON serial_link_outbox")))
         conn.execute(sa.text("ALTER TABLE serial_link_outbox DROP COLUMN next_attempt_at"))
     engine.dispose()
-    runner = Runner(load_settings(config))
+    runner = Runner(load_settings(config), BY_NAME)
     try:
         result = runner.tick("serial_outbox", TICK)
     finally:

@@ -596,10 +596,11 @@ WORKER = textwrap.dedent("""
     import json, sys, time
     from datetime import datetime
     from pathlib import Path
-    from bgworkers.harness import make_context
-    from bgworkers.jobs import outbox_store, serial_outbox
+    from bgworkers.demo.harness import make_context
+    from bgworkers.jobs.outbox import job as serial_outbox
+    from bgworkers.jobs.outbox import store as outbox_store
     from bgworkers.settings import load_settings
-    from bgworkers.tenancy import Databases
+    from bgworkers.engine.tenancy import Databases
 
     config, now, mode = Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2]), sys.argv[3]
     settings = load_settings(config)

@@ -1,4 +1,4 @@
-"""bgworkers.logs: formats, levels, context, redaction, stdlib forwarding, journald encoding."""
+"""bgworkers.engine.logs: formats, levels, context, redaction, stdlib forwarding, journald."""
 
 from __future__ import annotations
 

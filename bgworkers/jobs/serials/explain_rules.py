@@ -1,7 +1,7 @@
 """What the serial check would conclude about one serial, from rows already read.  Pure.
 
 The rules are the job's own (`token_outcomes`, `unlinked_outcome`, `hash_verdict`
-of bgworkers.jobs.serial_consistency); this module only adds the words: why,
+of bgworkers.jobs.serials.consistency); this module only adds the words: why,
 and what a run would do or has already recorded.
 
 A conclusion is a dict: `outcome` (a quarantine reason, `legacy`,
