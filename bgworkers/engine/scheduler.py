@@ -15,9 +15,9 @@ from typing import Any, Protocol, cast
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bgworkers.engine.clock import Clock
-from bgworkers.engine.cron import cron_trigger
 from bgworkers.engine.logs import get_logger
 from bgworkers.settings import JobSettings, SchedulerSettings, Settings, format_duration
+from bgworkers.settings.cron import cron_trigger
 from bgworkers.settings.jobs import JobsSettings
 
 #: Intervals count from the epoch, so a 5-minute job fires at :00, :05, ... UTC on every

@@ -18,7 +18,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from bgworkers.engine.cron import cron_trigger
+from bgworkers.settings.cron import cron_trigger
 
 #: A tenant code becomes part of database and lock names: nothing else is allowed in it.
 TENANT_CODE_PATTERN = "^[A-Za-z0-9_]{1,50}$"

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bgworkers.engine.cron import cron_trigger, crontab_weekdays
 from bgworkers.engine.scheduler import describe_trigger, make_trigger, next_fire, previous_fire
 from bgworkers.settings import SchedulerSettings, SerialOutboxSettings
+from bgworkers.settings.cron import cron_trigger, crontab_weekdays
 
 SUNDAY = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)  # a Sunday
 

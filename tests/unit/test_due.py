@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bgworkers.engine.cron import cron_trigger
 from bgworkers.engine.scheduler import (
     EPOCH,
     STILL_RUNNING,
@@ -18,6 +17,7 @@ from bgworkers.engine.scheduler import (
     tick_identity,
 )
 from bgworkers.settings import SchedulerSettings, SerialOutboxSettings
+from bgworkers.settings.cron import cron_trigger
 
 T = datetime(2026, 11, 22, 10, 5, tzinfo=UTC)  # a 5-minute tick
 MINUTE = timedelta(minutes=1)
