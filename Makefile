@@ -36,8 +36,9 @@ SOAK_ARGS ?=
 
 test: system-deps venv
 	@status=0; \
-	echo "== ruff check $(LINT_PATHS)"; \
+	echo "== ruff check and ruff format --check $(LINT_PATHS)"; \
 	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
 	echo "== mypy"; \
 	$(BIN)/mypy || status=1; \
 	echo "== pytest (under coverage, workers as pyproject.toml sets them)"; \
@@ -81,6 +82,7 @@ demo: system-deps venv
 lint: venv
 	@status=0; \
 	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
 	$(BIN)/mypy || status=1; \
 	exit $$status
 

@@ -300,11 +300,11 @@ def main() -> None:
         for name, spec in dashboard.TABLES.items():
             job_ctx = ctx("dashboard_fast")
 
-            def refresh(spec: dashboard.SummaryTable = spec,
-                        job_ctx: JobContext[Any] = job_ctx) -> None:
+            def refresh(
+                spec: dashboard.SummaryTable = spec, job_ctx: JobContext[Any] = job_ctx
+            ) -> None:
                 clock.at += timedelta(minutes=1)
-                with limits.limited(limit("dashboard_fast")), \
-                        dashboard.session(job_ctx.db) as conn:
+                with limits.limited(limit("dashboard_fast")), dashboard.session(job_ctx.db) as conn:
                     dashboard.refresh(job_ctx, conn, spec, dashboard.moment(job_ctx), 5000)
 
             def scan(query: sa.Select[Any] = scans[name]) -> None:

@@ -46,7 +46,8 @@ DEFAULT_MAX_CONNECTIONS = 151  # MariaDB's and MySQL's default
 
 
 def write_settings(path: Path, url: str, include: list[str]) -> Settings:
-    path.write_text(f"""
+    path.write_text(
+        f"""
 [database]
 core_url = "{url}/bgw_sweep_core?charset=utf8mb4"
 tenant_url = "{url}/bgw_sweep_t_{{code_lower}}?charset=utf8mb4"
@@ -55,7 +56,8 @@ include = {include!r}
 [logging]
 level = "info"
 format = "json"
-""".replace("'", '"'))
+""".replace("'", '"')
+    )
     return load_settings(path)
 
 
@@ -69,22 +71,27 @@ def ensure_data(settings: Settings, tenants: int, scale: float) -> list[str]:
             codes = []
         if len(codes) != tenants:
             began = time.monotonic()
-            status = generate(settings, dbs, tenants=tenants, scale=scale, seed=1, reset=True,
-                              out=lambda _: None)
+            status = generate(
+                settings, dbs, tenants=tenants, scale=scale, seed=1, reset=True, out=lambda _: None
+            )
             if status != 0:
-                sys.exit(f"demo-data failed (exit {status}): the benchmark would measure "
-                         "empty tenants")
+                sys.exit(
+                    f"demo-data failed (exit {status}): the benchmark would measure empty tenants"
+                )
             print(f"demo data for {tenants} tenants: {time.monotonic() - began:.0f} s")
             codes = [x.code for x in discover(settings, dbs.core)[0]]
         empty = []
         for code in codes:
             with dbs.tenant(code).connect() as conn:
-                if not conn.execute(sa.select(sa.func.count()).select_from(t.flow_token)
-                                    ).scalar_one():
+                if not conn.execute(
+                    sa.select(sa.func.count()).select_from(t.flow_token)
+                ).scalar_one():
                     empty.append(code)
         if len(codes) != tenants or empty:
-            sys.exit(f"data check failed: {len(codes)} tenants, {len(empty)} without tokens "
-                     f"(e.g. {empty[:3]})")
+            sys.exit(
+                f"data check failed: {len(codes)} tenants, {len(empty)} without tokens "
+                f"(e.g. {empty[:3]})"
+            )
         print(f"data check: {len(codes)} tenants, every one with tokens")
         # kept data may predate a schema change (e.g. an index on the run history)
         if dbadmin.upgrade(settings, dbs, codes[0], False, lambda _: None):
@@ -96,8 +103,11 @@ def ensure_data(settings: Settings, tenants: int, scale: float) -> list[str]:
 
 def all_ok(result: TickResult, n: int) -> bool:
     """Every one of the n tenants ended `ok` with rows written (else prints some that did not)."""
-    bad = {c: (r.status, (r.error or "")[:80]) for c, r in result.tenants.items()
-           if r.status != "ok" or r.counters.get("rows_written", 0) == 0}
+    bad = {
+        c: (r.status, (r.error or "")[:80])
+        for c, r in result.tenants.items()
+        if r.status != "ok" or r.counters.get("rows_written", 0) == 0
+    }
     if bad or len(result.tenants) != n:
         print(f"  {len(result.tenants)} tenants in the tick; not ok: {dict(list(bad.items())[:5])}")
     return not bad and len(result.tenants) == n
@@ -115,8 +125,9 @@ class PeakConnections:
     def _sample(self) -> None:
         with self.engine.connect() as conn:
             while not self._stop.wait(0.02):
-                value = conn.execute(sa.text(
-                    "SHOW GLOBAL STATUS LIKE 'Threads_connected'")).one()[1]
+                value = conn.execute(sa.text("SHOW GLOBAL STATUS LIKE 'Threads_connected'")).one()[
+                    1
+                ]
                 self.peak = max(self.peak, int(value) - 1)
 
     def __enter__(self) -> PeakConnections:
@@ -151,14 +162,18 @@ def measure(settings: Settings, url: str, n: int) -> tuple[list[float], int, lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="MariaDB server URL without a database (kept afterwards)")
-    parser.add_argument("--tenants", default="200",
-                        help="tenant counts, comma-separated, e.g. 200,1000 (200)")
+    parser.add_argument(
+        "--tenants", default="200", help="tenant counts, comma-separated, e.g. 200,1000 (200)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="demo-data scale per tenant")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over the counts (3)")
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.tenants.split(","))
-    with mariadb_server(args.url) as url, tempfile.TemporaryDirectory() as tmp, \
-            open(Path(tmp) / "daemon.log", "w") as log:
+    with (
+        mariadb_server(args.url) as url,
+        tempfile.TemporaryDirectory() as tmp,
+        open(Path(tmp) / "daemon.log", "w") as log,
+    ):
         all_tenants = write_settings(Path(tmp) / "all.toml", url, [])
         # logged as the daemon logs (info, JSON): its cost is part of a tick's
         configure_logging(all_tenants.logging, stream=log)
@@ -182,17 +197,28 @@ def main() -> None:
             tick, per_tenant = steady[n], steady[n] / n
             growth = per_tenant / (steady[counts[0]] / counts[0])
             bound = settings[n].scheduler.max_workers + 8
-            print(f"{n} tenants: tick {tick:.1f} s, ratio to the 60 s interval {tick / 60:.2f} "
-                  f"(held to <= 0.30; the first tick after start: {first[n]:.1f} s, "
-                  f"{first[n] / 60:.2f}); {per_tenant * 1000:.1f} ms per tenant (x{growth:.2f} "
-                  f"of {counts[0]} tenants, held to <= 1.10); peak server connections "
-                  f"{peaks[n]} (held to <= max_workers + 8 = {bound}, max_connections "
-                  f"{DEFAULT_MAX_CONNECTIONS})")
-            failed += [f"{n} tenants: {what}" for what, past in (
-                ("tick ratio", tick / 60 > 0.30), ("cost per tenant", growth > 1.10),
-                ("peak connections", peaks[n] > bound)) if past]
-        print(f"best of {args.repeat} rounds; every tick of every round: every tenant ok with "
-              "rows" if not failed else "")
+            print(
+                f"{n} tenants: tick {tick:.1f} s, ratio to the 60 s interval {tick / 60:.2f} "
+                f"(held to <= 0.30; the first tick after start: {first[n]:.1f} s, "
+                f"{first[n] / 60:.2f}); {per_tenant * 1000:.1f} ms per tenant (x{growth:.2f} "
+                f"of {counts[0]} tenants, held to <= 1.10); peak server connections "
+                f"{peaks[n]} (held to <= max_workers + 8 = {bound}, max_connections "
+                f"{DEFAULT_MAX_CONNECTIONS})"
+            )
+            failed += [
+                f"{n} tenants: {what}"
+                for what, past in (
+                    ("tick ratio", tick / 60 > 0.30),
+                    ("cost per tenant", growth > 1.10),
+                    ("peak connections", peaks[n] > bound),
+                )
+                if past
+            ]
+        print(
+            f"best of {args.repeat} rounds; every tick of every round: every tenant ok with rows"
+            if not failed
+            else ""
+        )
         if failed:
             sys.exit(f"not held: {'; '.join(dict.fromkeys(failed))}")
 

@@ -44,31 +44,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server-url", help="mysql+mysqldb://root@host:port (no database)")
     parser.add_argument("--sizes", default="250000,1000000", help="serials per run, ascending")
-    parser.add_argument("--events", type=int, default=200_000,
-                        help="token_event rows of the demo tenant (not read by the job)")
-    parser.add_argument("--all-live", action="store_true",
-                        help="worst case: make every completed token live before measuring")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=200_000,
+        help="token_event rows of the demo tenant (not read by the job)",
+    )
+    parser.add_argument(
+        "--all-live",
+        action="store_true",
+        help="worst case: make every completed token live before measuring",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bgw-bench-", dir="/tmp") as tmp:
         base = Path(tmp)
         try:
             with mariadb_server(args.server_url) as server:
-                results = {n: _measure(server, base, n, args.events, args.all_live)
-                           for n in sizes}
+                results = {n: _measure(server, base, n, args.events, args.all_live) for n in sizes}
         except MariaDBError as exc:
             sys.exit(f"could not start MariaDB: {exc}")
     _report(results)
     return 0
 
 
-def _measure(server: str, base: Path, serials: int, events: int,
-             all_live: bool) -> dict[str, Any]:
+def _measure(server: str, base: Path, serials: int, events: int, all_live: bool) -> dict[str, Any]:
     config = base / "settings.toml"
     config.write_text(
         f"[database]\ncore_url = '{server}/bgwbench_core?charset=utf8mb4'\n"
         f"tenant_url = '{server}/bgwbench_t_{{code_lower}}?charset=utf8mb4'\n"
-        "[logging]\nformat = 'json'\nlevel = 'warning'\n")
+        "[logging]\nformat = 'json'\nlevel = 'warning'\n"
+    )
     print(f"== {serials:,} serials: generating demo data ...", flush=True)
     started = time.perf_counter()
     _child("generate", config, str(serials), str(events))
@@ -78,8 +84,11 @@ def _measure(server: str, base: Path, serials: int, events: int,
     _child("read", config)  # warm the buffer pool
     read = _child("read", config)
     check = _child("check", config)
-    print(f"   read {read['seconds']:.2f} s ({read['rows']:,} rows), check "
-          f"{check['seconds']:.2f} s, check peak RSS {check['rss_mb']:.1f} MB", flush=True)
+    print(
+        f"   read {read['seconds']:.2f} s ({read['rows']:,} rows), check "
+        f"{check['seconds']:.2f} s, check peak RSS {check['rss_mb']:.1f} MB",
+        flush=True,
+    )
     print(f"   read per table: {json.dumps(read['tables'])}", flush=True)
     print(f"   the check brought to Python: {check['scope']}", flush=True)
     print(f"   counters {json.dumps(check['counters'])}", flush=True)
@@ -87,8 +96,12 @@ def _measure(server: str, base: Path, serials: int, events: int,
 
 
 def _child(*argv: str | Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", *map(str, argv)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"child {argv[0]} failed:\n{proc.stdout}\n{proc.stderr}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -100,14 +113,20 @@ def _report(results: dict[int, dict[str, Any]]) -> None:
     rss_small = results[small]["check"]["rss_mb"]
     rss_large = results[large]["check"]["rss_mb"]
     print()
-    print(f"full live check at {large:,} serials: {check:.2f} s "
-          f"(held to <= {LIMITS['seconds']:.0f} s)")
+    print(
+        f"full live check at {large:,} serials: {check:.2f} s "
+        f"(held to <= {LIMITS['seconds']:.0f} s)"
+    )
     print(f"reading the same key columns once:  {read:.2f} s")
     print(f"ratio check / read: {check / read:.2f} (held to <= {LIMITS['ratio']})")
-    print(f"peak RSS of the check: {rss_large:.1f} MB at {large:,} serials, "
-          f"{rss_small:.1f} MB at {small:,}")
-    print(f"ratio RSS {large:,} / {small:,}: {rss_large / rss_small:.2f} "
-          f"(held to <= {LIMITS['rss_ratio']})")
+    print(
+        f"peak RSS of the check: {rss_large:.1f} MB at {large:,} serials, "
+        f"{rss_small:.1f} MB at {small:,}"
+    )
+    print(
+        f"ratio RSS {large:,} / {small:,}: {rss_large / rss_small:.2f} "
+        f"(held to <= {LIMITS['rss_ratio']})"
+    )
 
 
 # ---------------------------------------------------------------- children
@@ -123,9 +142,12 @@ def _child_main(action: str, config: str, *rest: str) -> None:
     dbs = Databases(settings)
     try:
         actions: dict[str, Callable[..., dict[str, Any]]] = {
-            "generate": _generate, "read": _read, "check": _check, "all_live": _all_live}
-        result = actions[action](
-            settings, dbs, *rest)
+            "generate": _generate,
+            "read": _read,
+            "check": _check,
+            "all_live": _all_live,
+        }
+        result = actions[action](settings, dbs, *rest)
     finally:
         dbs.dispose()
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -138,8 +160,17 @@ def _generate(settings: Any, dbs: Any, serials: str, events: str) -> dict[str, A
 
     profile = replace(PROFILE, events=int(events))
     lines: list[str] = []
-    status = generate(settings, dbs, tenants=1, scale=int(serials) / PROFILE.serials, seed=1,
-                      at=AT, reset=True, out=lines.append, profile=profile)
+    status = generate(
+        settings,
+        dbs,
+        tenants=1,
+        scale=int(serials) / PROFILE.serials,
+        seed=1,
+        at=AT,
+        reset=True,
+        out=lines.append,
+        profile=profile,
+    )
     if status != 0:
         raise SystemExit("\n".join(lines))
     return {"lines": lines}
@@ -152,8 +183,9 @@ def _all_live(settings: Any, dbs: Any) -> dict[str, Any]:
 
     ft = tenant.flow_token
     with dbs.tenant(CODE).begin() as conn:
-        rows = conn.execute(update(ft).where(ft.c.status == "completed")
-                            .values(status="active")).rowcount
+        rows = conn.execute(
+            update(ft).where(ft.c.status == "completed").values(status="active")
+        ).rowcount
     return {"made_live": rows}
 
 
@@ -168,14 +200,38 @@ def _read(settings: Any, dbs: Any) -> dict[str, Any]:
     # Registry rows in primary-key order (the demo core holds this one tenant): a
     # tenant_id filter would make MariaDB sort the tenant's rows again for every page.
     plans = [
-        ("flow_token", dbs.tenant(CODE), ft.c.id_token,
-         select(ft.c.id_token, ft.c.token_type, ft.c.status, ft.c.serial_number)),
-        ("job_ticket_serial", dbs.tenant(CODE), jts.c.id_serial,
-         select(jts.c.id_serial, jts.c.id_job_ticket, jts.c.serial_number, jts.c.generated_at,
-                jts.c.spawned_token_id)),
-        ("serial_registry", dbs.core, reg.c.id_serial,
-         select(reg.c.id_serial, reg.c.serial_code, reg.c.tenant_id, reg.c.production_type,
-                reg.c.dag_token_id, reg.c.hash_signature, reg.c.hash_salt_version)),
+        (
+            "flow_token",
+            dbs.tenant(CODE),
+            ft.c.id_token,
+            select(ft.c.id_token, ft.c.token_type, ft.c.status, ft.c.serial_number),
+        ),
+        (
+            "job_ticket_serial",
+            dbs.tenant(CODE),
+            jts.c.id_serial,
+            select(
+                jts.c.id_serial,
+                jts.c.id_job_ticket,
+                jts.c.serial_number,
+                jts.c.generated_at,
+                jts.c.spawned_token_id,
+            ),
+        ),
+        (
+            "serial_registry",
+            dbs.core,
+            reg.c.id_serial,
+            select(
+                reg.c.id_serial,
+                reg.c.serial_code,
+                reg.c.tenant_id,
+                reg.c.production_type,
+                reg.c.dag_token_id,
+                reg.c.hash_signature,
+                reg.c.hash_salt_version,
+            ),
+        ),
     ]
     started, rows, tables = time.perf_counter(), 0, {}
     for name, engine, key, stmt in plans:
@@ -211,11 +267,15 @@ def _check_scope(ctx: Any) -> str:
 
     ft, jts = tenant.flow_token, tenant.job_ticket_serial
     with ctx.db.connect() as conn:
-        live = conn.execute(select(func.count()).where(
-            ft.c.status.in_(ctx.settings.erp.live_token_statuses),
-            ft.c.serial_number.is_not(None))).scalar_one()
-        unlinked = conn.execute(select(func.count()).where(
-            jts.c.spawned_token_id.is_(None))).scalar_one()
+        live = conn.execute(
+            select(func.count()).where(
+                ft.c.status.in_(ctx.settings.erp.live_token_statuses),
+                ft.c.serial_number.is_not(None),
+            )
+        ).scalar_one()
+        unlinked = conn.execute(
+            select(func.count()).where(jts.c.spawned_token_id.is_(None))
+        ).scalar_one()
     return f"{live:,} live tokens with a serial, {unlinked:,} unlinked job-ticket serials"
 
 
@@ -226,7 +286,8 @@ if __name__ == "__main__":
         from bgworkers.demo.catalog import DEMO_SALT_VERSION, DEMO_SALTS
 
         os.environ["BGWORKERS_JOBS__SERIAL_CONSISTENCY__SALTS"] = json.dumps(
-            {f"{ptype}:{DEMO_SALT_VERSION}": salt for ptype, salt in DEMO_SALTS.items()})
+            {f"{ptype}:{DEMO_SALT_VERSION}": salt for ptype, salt in DEMO_SALTS.items()}
+        )
         _child_main(*sys.argv[2:])
     else:
         sys.exit(main())

@@ -163,9 +163,13 @@ def drain(settings: Settings, dbs: Databases, batch: int) -> None:
             "serial_outbox": settings.jobs.serial_outbox.model_copy(update={"batch_size": batch})
         }
     )
-    ctx = SERIAL_OUTBOX.context(settings.model_copy(update={"jobs": jobs}),
-                                Tenant(1, "DEFAULT", "Bellavier Atelier", "BLVR"), dbs,
-                                FixedClock(NOW), get_logger())
+    ctx = SERIAL_OUTBOX.context(
+        settings.model_copy(update={"jobs": jobs}),
+        Tenant(1, "DEFAULT", "Bellavier Atelier", "BLVR"),
+        dbs,
+        FixedClock(NOW),
+        get_logger(),
+    )
     done = runs = 0
     while done < ROWS:  # drained when every row is done (no run is spent finding none left)
         result = serial_outbox.run(ctx)

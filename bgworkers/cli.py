@@ -71,20 +71,23 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     runner = Runner(settings, BY_NAME)
     runner.leases.start()
     try:
-        result = runner.tick(spec.name, runner.clock.now(), only=args.tenant,
-                             dry_run=args.dry_run)
+        result = runner.tick(spec.name, runner.clock.now(), only=args.tenant, dry_run=args.dry_run)
     finally:
         runner.close()
     if args.json:
         print(json.dumps(result.as_json(spec.counters)))
     else:
-        print(f"{spec.name}{' (dry run)' if args.dry_run else ''}: "
-              f"{len(result.tenants)} tenants")
+        print(f"{spec.name}{' (dry run)' if args.dry_run else ''}: {len(result.tenants)} tenants")
         for code, tenant in result.tenants.items():
             counters = " ".join(f"{k}={v}" for k, v in tenant.counters.items())
             noted = runner.errors.get((spec.name, code))
-            reason = "" if tenant.status == RunStatus.OK else error_text(
-                noted[1].removeprefix(f"{spec.name}/{code}: ") if noted else tenant.error or "")
+            reason = (
+                ""
+                if tenant.status == RunStatus.OK
+                else error_text(
+                    noted[1].removeprefix(f"{spec.name}/{code}: ") if noted else tenant.error or ""
+                )
+            )
             print(f"  {code:<20} {tenant.status:<8} {' '.join(filter(None, [counters, reason]))}")
         total = result.total(spec.counters)
         print("  total: " + " ".join(f"{k}={v}" for k, v in total.items()))
@@ -120,10 +123,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for spec in REGISTRY:
         job = settings.jobs.get(spec.name)
         fire = next_fire(job, settings.scheduler, now) if job.enabled else None
-        rows.append((spec.name, "yes" if job.enabled else "no", describe_trigger(job),
-                     spec.lease_group,
-                     f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-",
-                     pauses.describe_job(paused, spec.name) if unknown is None else "?"))
+        rows.append(
+            (
+                spec.name,
+                "yes" if job.enabled else "no",
+                describe_trigger(job),
+                spec.lease_group,
+                f"{fire:%Y-%m-%d %H:%M:%S}" if fire else "-",
+                pauses.describe_job(paused, spec.name) if unknown is None else "?",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -187,7 +196,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from bgworkers.service import dbadmin
 
     return _with_databases(
-        args, lambda s, d: dbadmin.upgrade(s, d, args.tenant, args.dry_run, print))
+        args, lambda s, d: dbadmin.upgrade(s, d, args.tenant, args.dry_run, print)
+    )
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
@@ -199,8 +209,12 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 def cmd_outbox_requeue(args: argparse.Namespace) -> int:
     from bgworkers.jobs.outbox import admin as outbox_admin
 
-    return _with_databases(args, lambda s, d: outbox_admin.requeue(
-        s, d, args.tenant, args.id, args.all_dead, args.dry_run, print))
+    return _with_databases(
+        args,
+        lambda s, d: outbox_admin.requeue(
+            s, d, args.tenant, args.id, args.all_dead, args.dry_run, print
+        ),
+    )
 
 
 def cmd_outbox_stats(args: argparse.Namespace) -> int:
@@ -214,13 +228,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     from bgworkers.service.status import database_label
 
     def work(settings: Settings, dbs: Databases) -> int:
-        label = database_label(dbs, settings.database.coordination_url or
-                               settings.database.core_url)
-        return history_cli.show(dbs.coordination, print,
-                                lambda text: print(text, file=sys.stderr),
-                                job=args.job, tenant=args.tenant, since=args.since,
-                                statuses=[s for group in args.status or [] for s in group],
-                                limit=args.limit, as_json=args.json, label=label)
+        label = database_label(
+            dbs, settings.database.coordination_url or settings.database.core_url
+        )
+        return history_cli.show(
+            dbs.coordination,
+            print,
+            lambda text: print(text, file=sys.stderr),
+            job=args.job,
+            tenant=args.tenant,
+            since=args.since,
+            statuses=[s for group in args.status or [] for s in group],
+            limit=args.limit,
+            as_json=args.json,
+            label=label,
+        )
 
     return _with_databases(args, work)
 
@@ -228,22 +250,28 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     from bgworkers.jobs.serials import quarantine
 
-    return _with_databases(args, lambda s, d: quarantine.list_rows(
-        s, d, args.tenant, args.reason, args.all, args.json, print, limit=args.limit))
+    return _with_databases(
+        args,
+        lambda s, d: quarantine.list_rows(
+            s, d, args.tenant, args.reason, args.all, args.json, print, limit=args.limit
+        ),
+    )
 
 
 def cmd_quarantine_resolve(args: argparse.Namespace) -> int:
     from bgworkers.jobs.serials import quarantine
 
-    return _with_databases(args, lambda s, d: quarantine.resolve_rows(
-        s, d, args.tenant, args.id, print))
+    return _with_databases(
+        args, lambda s, d: quarantine.resolve_rows(s, d, args.tenant, args.id, print)
+    )
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     from bgworkers.engine import pauses
 
-    return _with_databases(args, lambda s, d: pauses.pause(
-        s, d, args.job, args.tenant, args.reason, print))
+    return _with_databases(
+        args, lambda s, d: pauses.pause(s, d, args.job, args.tenant, args.reason, print)
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -263,8 +291,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         return status.emit(status.Check(now, error=f"invalid settings: {exc}"), args.json, print)
     dbs = Databases(settings)
     try:
-        return status.report(settings, dbs, now, args.json, print, job=args.job,
-                             tenant=args.tenant, err=lambda text: print(text, file=sys.stderr))
+        return status.report(
+            settings,
+            dbs,
+            now,
+            args.json,
+            print,
+            job=args.job,
+            tenant=args.tenant,
+            err=lambda text: print(text, file=sys.stderr),
+        )
     finally:
         dbs.dispose()
 
@@ -272,8 +308,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from bgworkers.jobs.serials import explain
 
-    return _with_databases(args, lambda s, d: explain.explain(
-        s, d, args.serial, args.tenant, print, as_json=args.json))
+    return _with_databases(
+        args, lambda s, d: explain.explain(s, d, args.serial, args.tenant, print, as_json=args.json)
+    )
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -283,9 +320,19 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     if args.at:
         at = datetime.fromisoformat(args.at)
         at = naive_utc(at)
-    return _with_databases(args, lambda s, d: demo.generate(
-        s, d, tenants=args.tenants, scale=args.scale, seed=args.seed, at=at, reset=args.reset,
-        out=print))
+    return _with_databases(
+        args,
+        lambda s, d: demo.generate(
+            s,
+            d,
+            tenants=args.tenants,
+            scale=args.scale,
+            seed=args.seed,
+            at=at,
+            reset=args.reset,
+            out=print,
+        ),
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -305,67 +352,111 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", metavar="PATH", default=argparse.SUPPRESS,
-        help="settings file (default: $BGWORKERS_CONFIG, else ./settings.toml)")
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="settings file (default: $BGWORKERS_CONFIG, else ./settings.toml)",
+    )
     parser = argparse.ArgumentParser(
-        prog="bgworkers", parents=[common],
+        prog="bgworkers",
+        parents=[common],
         description="Background jobs of the Bellavier ERP: serial consistency, serial link "
-                    "outbox, dashboard refresh; one daemon for every tenant.")
+        "outbox, dashboard refresh; one daemon for every tenant.",
+    )
     parser.add_argument("--version", action="version", version=f"bgworkers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Command, help_text: str,
-            target: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
-            ) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        func: Command,
+        help_text: str,
+        target: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+    ) -> argparse.ArgumentParser:
         p = target.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
 
-    add("run", cmd_run,
-        "run the daemon: schedule every enabled job for every tenant (systemd Type=notify)")
-    p = add("run-once", cmd_run_once,
-            "run one tick of one job now, through the same runner as the daemon")
-    p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB",
-                   help=f"one of: {', '.join(BY_NAME)}")
+    add(
+        "run",
+        cmd_run,
+        "run the daemon: schedule every enabled job for every tenant (systemd Type=notify)",
+    )
+    p = add(
+        "run-once",
+        cmd_run_once,
+        "run one tick of one job now, through the same runner as the daemon",
+    )
+    p.add_argument(
+        "job", choices=sorted(BY_NAME), metavar="JOB", help=f"one of: {', '.join(BY_NAME)}"
+    )
     p.add_argument("--tenant", metavar="CODE", help="only this tenant")
-    p.add_argument("--dry-run", action="store_true",
-                   help="write nothing, report what would be done")
+    p.add_argument(
+        "--dry-run", action="store_true", help="write nothing, report what would be done"
+    )
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     add("jobs", cmd_jobs, "list jobs with trigger, lease group and next fire time")
-    p = add("status", cmd_status,
-            "monitoring check (Nagios plugin): per enabled job and tenant the state, last "
-            "run, last success, next tick and the error of a failed run; exit 0 OK, "
-            "1 WARNING (no success for two intervals, or never), 2 CRITICAL (latest run "
-            "partial, failed, timed_out or abandoned, or tenant refused), 3 UNKNOWN "
-            "(settings or a database unusable, bad usage)")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object: verdict, exit_code, summary, counts, pairs; "
-                        "times ISO 8601 UTC")
-    p.add_argument("--job", metavar="NAME", choices=sorted(BY_NAME),
-                   help=f"only this job, one of: {', '.join(BY_NAME)}")
+    p = add(
+        "status",
+        cmd_status,
+        "monitoring check (Nagios plugin): per enabled job and tenant the state, last "
+        "run, last success, next tick and the error of a failed run; exit 0 OK, "
+        "1 WARNING (no success for two intervals, or never), 2 CRITICAL (latest run "
+        "partial, failed, timed_out or abandoned, or tenant refused), 3 UNKNOWN "
+        "(settings or a database unusable, bad usage)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: verdict, exit_code, summary, counts, pairs; times ISO 8601 UTC",
+    )
+    p.add_argument(
+        "--job",
+        metavar="NAME",
+        choices=sorted(BY_NAME),
+        help=f"only this job, one of: {', '.join(BY_NAME)}",
+    )
     p.add_argument("--tenant", metavar="CODE", help="only this tenant (exact code)")
-    add("check-config", cmd_check_config,
-        "validate settings and print the effective values (secrets masked)")
+    add(
+        "check-config",
+        cmd_check_config,
+        "validate settings and print the effective values (secrets masked)",
+    )
 
     p = add("db", lambda a: 2, "database schema: init, upgrade, check")
     db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    p = add("init", cmd_db_init, "create the ERP schema on empty core and tenant databases "
-            "(demo, tests, benchmarks); databases with tables are left alone", db)
+    p = add(
+        "init",
+        cmd_db_init,
+        "create the ERP schema on empty core and tenant databases "
+        "(demo, tests, benchmarks); databases with tables are left alone",
+        db,
+    )
     p.add_argument("--tenant", metavar="CODE", nargs="+", help="only these tenants")
-    p = add("upgrade", cmd_db_upgrade,
-            "apply this project's additive schema changes to core and every tenant", db)
+    p = add(
+        "upgrade",
+        cmd_db_upgrade,
+        "apply this project's additive schema changes to core and every tenant",
+        db,
+    )
     p.add_argument("--tenant", metavar="CODE", help="only this tenant (and the core side)")
     p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
-    add("check", cmd_db_check,
-        "report missing tables and columns per database (exit 1 if any)", db)
+    add("check", cmd_db_check, "report missing tables and columns per database (exit 1 if any)", db)
 
     p = add("outbox", lambda a: 2, "serial link outbox: stats, requeue dead rows")
     outbox = p.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
-    p = add("stats", cmd_outbox_stats,
-            "rows per status and the age of the oldest pending row, per tenant", outbox)
+    p = add(
+        "stats",
+        cmd_outbox_stats,
+        "rows per status and the age of the oldest pending row, per tenant",
+        outbox,
+    )
     p.add_argument("--tenant", metavar="CODE", help="only this tenant")
-    p = add("requeue", cmd_outbox_requeue,
-            "put dead rows back to pending with a fresh retry budget", outbox)
+    p = add(
+        "requeue",
+        cmd_outbox_requeue,
+        "put dead rows back to pending with a fresh retry budget",
+        outbox,
+    )
     p.add_argument("--tenant", metavar="CODE", required=True, help="the tenant")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", metavar="N", type=int, nargs="+", help="these outbox row ids")
@@ -374,23 +465,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_operator_commands(add)
 
-    p = add("explain", cmd_explain,
-            "everything known about one serial in core and the tenants, and what the serial "
-            "check would conclude about it (reads only)")
+    p = add(
+        "explain",
+        cmd_explain,
+        "everything known about one serial in core and the tenants, and what the serial "
+        "check would conclude about it (reads only)",
+    )
     p.add_argument("serial", metavar="SERIAL", help="the serial, exactly as stored")
     p.add_argument("--tenant", metavar="CODE", help="only this tenant (default: every active one)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = add("demo-data", cmd_demo_data,
-            "fill the configured databases with synthetic ERP data (demo, tests, benchmarks)")
+    p = add(
+        "demo-data",
+        cmd_demo_data,
+        "fill the configured databases with synthetic ERP data (demo, tests, benchmarks)",
+    )
     p.add_argument("--tenants", type=_positive_int, default=2, help="number of tenants (2)")
-    p.add_argument("--scale", type=_positive_float, default=1.0,
-                   help="size: about 1,000 serials per tenant per unit (1)")
+    p.add_argument(
+        "--scale",
+        type=_positive_float,
+        default=1.0,
+        help="size: about 1,000 serials per tenant per unit (1)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed; same seed, same data (1)")
-    p.add_argument("--at", metavar="ISO-TIME",
-                   help="anchor time of the data (default: now); same seed and --at, same rows")
-    p.add_argument("--reset", action="store_true",
-                   help="delete existing ERP rows in the configured databases first")
+    p.add_argument(
+        "--at",
+        metavar="ISO-TIME",
+        help="anchor time of the data (default: now); same seed and --at, same rows",
+    )
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete existing ERP rows in the configured databases first",
+    )
     return parser
 
 
@@ -400,53 +507,91 @@ def _add_operator_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     from bgworkers.service import history_cli
 
     jobs = ", ".join(BY_NAME)
-    p = add("history", cmd_history,
-            "run history, newest first: tick, start (UTC), duration, outcome, host, counters, "
-            "the error's first line; exit 3 when it cannot be read")
-    p.add_argument("job", nargs="?", choices=sorted(BY_NAME), metavar="JOB",
-                   help=f"only this job, one of: {jobs}")
+    p = add(
+        "history",
+        cmd_history,
+        "run history, newest first: tick, start (UTC), duration, outcome, host, counters, "
+        "the error's first line; exit 3 when it cannot be read",
+    )
+    p.add_argument(
+        "job",
+        nargs="?",
+        choices=sorted(BY_NAME),
+        metavar="JOB",
+        help=f"only this job, one of: {jobs}",
+    )
     p.add_argument("--tenant", metavar="CODE", help="only this tenant (exact code)")
-    p.add_argument("--since", metavar="TIME",
-                   type=history_cli.since_type(lambda: SystemClock().now()),
-                   help="runs started at or after TIME: ISO (UTC unless an offset is given) "
-                        "or a duration ago: 30m, 2h, 1d, 1w")
-    p.add_argument("--status", metavar="S", action="append",
-                   type=history_cli.statuses_type,
-                   help=f"only these outcomes (repeat or comma-separate): "
-                        f"{', '.join(history_cli.STATUSES)}")
-    p.add_argument("--limit", metavar="N", type=history_cli.limit_type,
-                   default=history_cli.DEFAULT_LIMIT,
-                   help=f"at most N runs (default {history_cli.DEFAULT_LIMIT}, "
-                        f"at most {history_cli.MAX_LIMIT})")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object: runs (times ISO 8601 with offset), limit, more")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        type=history_cli.since_type(lambda: SystemClock().now()),
+        help="runs started at or after TIME: ISO (UTC unless an offset is given) "
+        "or a duration ago: 30m, 2h, 1d, 1w",
+    )
+    p.add_argument(
+        "--status",
+        metavar="S",
+        action="append",
+        type=history_cli.statuses_type,
+        help=f"only these outcomes (repeat or comma-separate): {', '.join(history_cli.STATUSES)}",
+    )
+    p.add_argument(
+        "--limit",
+        metavar="N",
+        type=history_cli.limit_type,
+        default=history_cli.DEFAULT_LIMIT,
+        help=f"at most N runs (default {history_cli.DEFAULT_LIMIT}, "
+        f"at most {history_cli.MAX_LIMIT})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: runs (times ISO 8601 with offset), limit, more",
+    )
 
     p = add("quarantine", lambda a: 2, "quarantined serials per tenant: list, resolve")
     actions = p.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
-    p = add("list", cmd_quarantine_list,
-            "open quarantine rows per tenant, newest first (reads only)", actions)
+    p = add(
+        "list",
+        cmd_quarantine_list,
+        "open quarantine rows per tenant, newest first (reads only)",
+        actions,
+    )
     p.add_argument("--tenant", metavar="CODE", help="only this tenant (default: every active one)")
-    p.add_argument("--reason", metavar="R", choices=quarantine.REASONS,
-                   help=f"only this reason, one of: {', '.join(quarantine.REASONS)}")
+    p.add_argument(
+        "--reason",
+        metavar="R",
+        choices=quarantine.REASONS,
+        help=f"only this reason, one of: {', '.join(quarantine.REASONS)}",
+    )
     p.add_argument("--all", action="store_true", help="resolved rows too")
-    p.add_argument("--limit", metavar="N", type=history_cli.limit_type,
-                   default=quarantine.DEFAULT_LIMIT,
-                   help=f"at most N rows per tenant (default {quarantine.DEFAULT_LIMIT})")
+    p.add_argument(
+        "--limit",
+        metavar="N",
+        type=history_cli.limit_type,
+        default=quarantine.DEFAULT_LIMIT,
+        help=f"at most N rows per tenant (default {quarantine.DEFAULT_LIMIT})",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p = add("resolve", cmd_quarantine_resolve,
-            "mark quarantine rows resolved (sets resolved_at on rows still open)", actions)
+    p = add(
+        "resolve",
+        cmd_quarantine_resolve,
+        "mark quarantine rows resolved (sets resolved_at on rows still open)",
+        actions,
+    )
     p.add_argument("--tenant", metavar="CODE", required=True, help="the tenant")
-    p.add_argument("id", metavar="ID", type=_positive_int, nargs="+",
-                   help="serial_quarantine ids")
+    p.add_argument("id", metavar="ID", type=_positive_int, nargs="+", help="serial_quarantine ids")
 
-    p = add("pause", cmd_pause,
-            "pause a job for one tenant or all: every replica skips it (history: skipped) "
-            "until `resume`")
+    p = add(
+        "pause",
+        cmd_pause,
+        "pause a job for one tenant or all: every replica skips it (history: skipped) "
+        "until `resume`",
+    )
     p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB", help=f"one of: {jobs}")
     p.add_argument("--tenant", metavar="CODE", help="only this tenant (default: all tenants)")
     p.add_argument("--reason", metavar="TEXT", help="why (shown in history, status and jobs)")
-    p = add("resume", cmd_resume,
-            "lift a pause; without --tenant every pause of the job")
+    p = add("resume", cmd_resume, "lift a pause; without --tenant every pause of the job")
     p.add_argument("job", choices=sorted(BY_NAME), metavar="JOB", help=f"one of: {jobs}")
     p.add_argument("--tenant", metavar="CODE", help="only this tenant's pause")
 

@@ -206,8 +206,9 @@ def db_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DbUrls]:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def module_db_urls(request: pytest.FixtureRequest,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[DbUrls]:
+def module_db_urls(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DbUrls]:
     """Core + tenant database URLs shared by the tests of one module, on both backends."""
     if request.param == "sqlite":
         yield sqlite_urls(tmp_path_factory.mktemp("module-db"))

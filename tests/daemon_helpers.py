@@ -19,12 +19,25 @@ from bgworkers.jobs import REGISTRY
 from bgworkers.schema import own
 
 
-def heartbeat_settings(path: Path, db_urls: DbUrls, every: str = "1s", hold: str = "0s",
-                       extra: str = "", max_workers: int = 8, lease_ttl: str = "3s") -> Path:
+def heartbeat_settings(
+    path: Path,
+    db_urls: DbUrls,
+    every: str = "1s",
+    hold: str = "0s",
+    extra: str = "",
+    max_workers: int = 8,
+    lease_ttl: str = "3s",
+) -> Path:
     """Settings scheduling only heartbeat (tenant databases may be empty)."""
-    others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
-                     if spec.name != "heartbeat" and f"[jobs.{spec.name}]" not in extra)
-    return write_settings(path, db_urls, f"""{others}
+    others = "".join(
+        f"[jobs.{spec.name}]\nenabled = false\n"
+        for spec in REGISTRY
+        if spec.name != "heartbeat" and f"[jobs.{spec.name}]" not in extra
+    )
+    return write_settings(
+        path,
+        db_urls,
+        f"""{others}
 [scheduler]
 max_workers = {max_workers}
 lease_ttl = "{lease_ttl}"
@@ -33,7 +46,8 @@ shutdown_grace = "10s"
 enabled = true
 every = "{every}"
 hold = "{hold}"
-{extra}""")
+{extra}""",
+    )
 
 
 def runs(core_url: str) -> list[Any]:
@@ -46,13 +60,18 @@ def runs(core_url: str) -> list[Any]:
 
 
 @contextmanager
-def daemon(config: Path, env: dict[str, str] | None = None,
-           log: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+def daemon(
+    config: Path, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """`bgworkers run` as a subprocess; killed if the test leaves it running."""
     out = open(log or config.with_suffix(".log"), "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "bgworkers", "run", "--config", str(config)],
-                            stdout=out, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bgworkers", "run", "--config", str(config)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         yield proc
     finally:

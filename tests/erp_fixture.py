@@ -236,18 +236,24 @@ def sqlite_form(database: str, shape: str = "t27") -> list[str]:
         table = re.search(r"CREATE TABLE (\w+)", stmt)
         assert table is not None
         name = table.group(1)
-        indexes = [(unique, f"{name}_{ix}", cols) for unique, ix, cols in
-                   _INLINE_INDEX.findall(stmt)]
+        indexes = [
+            (unique, f"{name}_{ix}", cols) for unique, ix, cols in _INLINE_INDEX.findall(stmt)
+        ]
         stmt = _INLINE_INDEX.sub("", stmt)
         stmt = re.sub(r"ENUM\((?:'[^']*',?\s*)+\)", "TEXT", stmt)
-        stmt = re.sub(r"(?:BIG)?INT (?:PRIMARY KEY AUTO_INCREMENT|AUTO_INCREMENT PRIMARY KEY)",
-                      "INTEGER PRIMARY KEY AUTOINCREMENT", stmt)
+        stmt = re.sub(
+            r"(?:BIG)?INT (?:PRIMARY KEY AUTO_INCREMENT|AUTO_INCREMENT PRIMARY KEY)",
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            stmt,
+        )
         stmt = stmt.replace("CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", "COLLATE BINARY")
         stmt = stmt.replace("DEFAULT (UTC_TIMESTAMP())", "DEFAULT CURRENT_TIMESTAMP")
         stmt = stmt.replace(" ON UPDATE CURRENT_TIMESTAMP", "").replace(" UNSIGNED", "")
         out.append(stmt)
-        out += [f"CREATE {'UNIQUE ' if unique else ''}INDEX {ix} ON {name} ({cols})"
-                for unique, ix, cols in indexes]
+        out += [
+            f"CREATE {'UNIQUE ' if unique else ''}INDEX {ix} ON {name} ({cols})"
+            for unique, ix, cols in indexes
+        ]
     return out
 
 
@@ -270,8 +276,13 @@ SALTS_ENV = "BGWORKERS_JOBS__SERIAL_CONSISTENCY__SALTS"
 SALTS = json.dumps({"hatthasilpa:1": SALT})
 
 ORGS = [
-    {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
-     "org_serial_code": "BLVR"},
+    {
+        "id_org": 1,
+        "code": "DEFAULT",
+        "name": "Bellavier Atelier",
+        "status": "active",
+        "org_serial_code": "BLVR",
+    },
 ]
 #: the serial scenario: token -> serial (tokens of the dashboard scenario)
 SERIAL = {name: std(seq) for seq, name in enumerate(("core", "tenant", "orphan"), start=1)}
@@ -285,8 +296,9 @@ TICKETS = [(1, "JT-1", "in_progress"), (2, "JT-2", "completed")]
 
 #: the ERP's ENUM has no 'edge': Echo is a 'general' team here
 TEAMS = [(i, c, n, "general" if cat == "edge" else cat, a) for i, c, n, cat, a in dd.TEAMS]
-WORKLOAD = {k: (v[0], "general" if v[1] == "edge" else v[1], *v[2:])
-            for k, v in dd.WORKLOAD.items()}
+WORKLOAD = {
+    k: (v[0], "general" if v[1] == "edge" else v[1], *v[2:]) for k, v in dd.WORKLOAD.items()
+}
 #: one assignment per (token, node) (the ERP's unique key): the second open one of
 #: token 2 is at another node; the latest open one still decides the team
 ASSIGNMENTS = [(i, tok, 11 if i == 3 else n, u, s) for i, tok, n, u, s in dd.ASSIGNMENTS]
@@ -303,82 +315,249 @@ def _insert(conn: sa.Connection, name: str, rows: list[dict[str, Any]]) -> None:
 def load_core(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         _insert(conn, "organization", ORGS)
-        _insert(conn, "serial_registry", [
-            {"serial_code": s, "tenant_id": 1, "org_code": "BLVR",
-             "production_type": "hatthasilpa", "sku": "BAG01", "job_ticket_id": 1,
-             "dag_token_id": token, "created_at": UTC_NOW - timedelta(days=10),
-             "hash_signature": hash_signature(s, SALT), "hash_salt_version": 1,
-             "checksum": s[-1]} for s, token in REGISTRY.items()])
-        _insert(conn, "serial_seq_daily", [{"org_code": "BLVR", "seq_date": UTC_NOW.date(),
-                                            "last_seq": 4}])
+        _insert(
+            conn,
+            "serial_registry",
+            [
+                {
+                    "serial_code": s,
+                    "tenant_id": 1,
+                    "org_code": "BLVR",
+                    "production_type": "hatthasilpa",
+                    "sku": "BAG01",
+                    "job_ticket_id": 1,
+                    "dag_token_id": token,
+                    "created_at": UTC_NOW - timedelta(days=10),
+                    "hash_signature": hash_signature(s, SALT),
+                    "hash_salt_version": 1,
+                    "checksum": s[-1],
+                }
+                for s, token in REGISTRY.items()
+            ],
+        )
+        _insert(
+            conn,
+            "serial_seq_daily",
+            [{"org_code": "BLVR", "seq_date": UTC_NOW.date(), "last_seq": 4}],
+        )
 
 
 def load_tenant(engine: sa.Engine, shape: str) -> None:
     with engine.begin() as conn:
-        _insert(conn, "routing_graph", [
-            {"id_graph": g, "code": c, "name": n, "production_type": p, "is_published": 1}
-            for g, c, n, p in dd.GRAPHS])
-        _insert(conn, "routing_node", [
-            {"id_node": n, "id_graph": g, "node_code": c, "node_name": name,
-             "node_type": "operation", "estimated_minutes": 30} for n, g, c, name in dd.NODES])
-        _insert(conn, "team", [{"id_team": i, "code": c, "name": n, "team_category": cat,
-                                "active": a, "id_org": 1} for i, c, n, cat, a in TEAMS])
-        _insert(conn, "team_member", [{"id_team": tm, "id_member": u, "active": a, "role": "op"}
-                                      for tm, u, a in dd.MEMBERS])
-        _insert(conn, "job_ticket", [
-            {"id_job_ticket": i, "ticket_code": c, "status": s, "process_mode": "piece",
-             "production_type": "hatthasilpa"} for i, c, s in TICKETS])
-        _insert(conn, "job_graph_instance", [
-            {"id_instance": i, "id_job_ticket": 1, "id_graph": g, "status": "active",
-             "production_type": p} for i, g, p in dd.INSTANCES])
+        _insert(
+            conn,
+            "routing_graph",
+            [
+                {"id_graph": g, "code": c, "name": n, "production_type": p, "is_published": 1}
+                for g, c, n, p in dd.GRAPHS
+            ],
+        )
+        _insert(
+            conn,
+            "routing_node",
+            [
+                {
+                    "id_node": n,
+                    "id_graph": g,
+                    "node_code": c,
+                    "node_name": name,
+                    "node_type": "operation",
+                    "estimated_minutes": 30,
+                }
+                for n, g, c, name in dd.NODES
+            ],
+        )
+        _insert(
+            conn,
+            "team",
+            [
+                {"id_team": i, "code": c, "name": n, "team_category": cat, "active": a, "id_org": 1}
+                for i, c, n, cat, a in TEAMS
+            ],
+        )
+        _insert(
+            conn,
+            "team_member",
+            [{"id_team": tm, "id_member": u, "active": a, "role": "op"} for tm, u, a in dd.MEMBERS],
+        )
+        _insert(
+            conn,
+            "job_ticket",
+            [
+                {
+                    "id_job_ticket": i,
+                    "ticket_code": c,
+                    "status": s,
+                    "process_mode": "piece",
+                    "production_type": "hatthasilpa",
+                }
+                for i, c, s in TICKETS
+            ],
+        )
+        _insert(
+            conn,
+            "job_graph_instance",
+            [
+                {
+                    "id_instance": i,
+                    "id_job_ticket": 1,
+                    "id_graph": g,
+                    "status": "active",
+                    "production_type": p,
+                }
+                for i, g, p in dd.INSTANCES
+            ],
+        )
         tokens = [dd.token_row(*row) for row in dd.TOKENS]
         for token in tokens:
             token["serial_number"] = TOKEN_SERIALS.get(token["id_token"])
         _insert(conn, "flow_token", tokens)
-        _insert(conn, "token_assignment", [
-            {"id_assignment": i, "id_token": tok, "id_node": n, "assigned_to_user_id": u,
-             "status": s, "assigned_at": dd.at("03-01 00:00"), "assignment_type": "PLAN"}
-            for i, tok, n, u, s in ASSIGNMENTS])
+        _insert(
+            conn,
+            "token_assignment",
+            [
+                {
+                    "id_assignment": i,
+                    "id_token": tok,
+                    "id_node": n,
+                    "assigned_to_user_id": u,
+                    "status": s,
+                    "assigned_at": dd.at("03-01 00:00"),
+                    "assignment_type": "PLAN",
+                }
+                for i, tok, n, u, s in ASSIGNMENTS
+            ],
+        )
         _insert(conn, "token_event", [dd.event_row(*row) for row in dd.EVENTS])
         at = UTC_NOW - timedelta(days=1)
-        _insert(conn, "job_ticket_serial", [
-            {"id_serial": i, "id_job_ticket": t, "serial_number": s, "sequence_no": i,
-             "generated_at": at, "spawned_token_id": tok, "spawned_at": at if tok else None}
-            for i, t, s, tok in JTS])
-        _insert(conn, "serial_quarantine", [
-            {"serial_code": "OLD-1", "source_table": "flow_token", "source_id": 99,
-             "reason": "invalid_format", "detected_at": at, "resolved_at": at}])
+        _insert(
+            conn,
+            "job_ticket_serial",
+            [
+                {
+                    "id_serial": i,
+                    "id_job_ticket": t,
+                    "serial_number": s,
+                    "sequence_no": i,
+                    "generated_at": at,
+                    "spawned_token_id": tok,
+                    "spawned_at": at if tok else None,
+                }
+                for i, t, s, tok in JTS
+            ],
+        )
+        _insert(
+            conn,
+            "serial_quarantine",
+            [
+                {
+                    "serial_code": "OLD-1",
+                    "source_table": "flow_token",
+                    "source_id": 99,
+                    "reason": "invalid_format",
+                    "detected_at": at,
+                    "resolved_at": at,
+                }
+            ],
+        )
         for snapshot_at, _old in PHP_SNAPSHOTS:
             _php_snapshot(conn, shape, snapshot_at)
 
 
 def _php_snapshot(conn: sa.Connection, shape: str, at: datetime) -> None:
     """One snapshot of the ERP's PHP refresh script, in the install's shape."""
-    _insert(conn, "mv_token_flow_summary", [
-        {"snapshot_at": at, "graph_id": 1, "node_id": 10, "team_id": None, "wip_count": 9,
-         "completed_count": 9, "waiting_count": 9}])
+    _insert(
+        conn,
+        "mv_token_flow_summary",
+        [
+            {
+                "snapshot_at": at,
+                "graph_id": 1,
+                "node_id": 10,
+                "team_id": None,
+                "wip_count": 9,
+                "completed_count": 9,
+                "waiting_count": 9,
+            }
+        ],
+    )
     names = {"node_code": "OLD", "node_name": "Old"} if shape == "guide" else {}
-    _insert(conn, "mv_node_bottlenecks", [
-        {"snapshot_at": at, "node_id": 10, "queue_depth": 9, "avg_wait_minutes": 9,
-         "bottleneck_score": 9, **names}])
+    _insert(
+        conn,
+        "mv_node_bottlenecks",
+        [
+            {
+                "snapshot_at": at,
+                "node_id": 10,
+                "queue_depth": 9,
+                "avg_wait_minutes": 9,
+                "bottleneck_score": 9,
+                **names,
+            }
+        ],
+    )
     names = {"team_name": "Old", "team_category": "qc"} if shape == "guide" else {}
-    _insert(conn, "mv_team_workload", [
-        {"snapshot_at": at, "team_id": 1, "active_tokens": 9, "waiting_tokens": 9,
-         "avg_load": 9, **names}])
+    _insert(
+        conn,
+        "mv_team_workload",
+        [
+            {
+                "snapshot_at": at,
+                "team_id": 1,
+                "active_tokens": 9,
+                "waiting_tokens": 9,
+                "avg_load": 9,
+                **names,
+            }
+        ],
+    )
     pct = {"p50_minutes": 9, "p95_minutes": 9} if shape == "t27" else {}
-    _insert(conn, "mv_cycle_time_analytics", [
-        {"snapshot_at": at, "node_id": 10, "team_id": None, "period_start": at.date(),
-         "period_end": at.date(), "token_count": 9, "avg_minutes": 9, **pct}])
+    _insert(
+        conn,
+        "mv_cycle_time_analytics",
+        [
+            {
+                "snapshot_at": at,
+                "node_id": 10,
+                "team_id": None,
+                "period_start": at.date(),
+                "period_end": at.date(),
+                "token_count": 9,
+                "avg_minutes": 9,
+                **pct,
+            }
+        ],
+    )
     if shape == "guide" and at < SNAP - timedelta(days=30):  # an old trends snapshot
-        _insert(conn, "mv_dashboard_trends", [
-            {"snapshot_at": at, "period_date": at.date(), "production_type": "hatthasilpa",
-             "graph_id": 1, "tokens_spawned": 9, "tokens_completed": 9}])
+        _insert(
+            conn,
+            "mv_dashboard_trends",
+            [
+                {
+                    "snapshot_at": at,
+                    "period_date": at.date(),
+                    "production_type": "hatthasilpa",
+                    "graph_id": 1,
+                    "tokens_spawned": 9,
+                    "tokens_completed": 9,
+                }
+            ],
+        )
 
 
 #: ERP tables the jobs must never write (the serial jobs write job_ticket_serial,
 #: serial_link_outbox, serial_quarantine and serial_registry.dag_token_id)
 UNTOUCHED = {
     "core": ("organization", "serial_seq_daily"),
-    "tenant": ("routing_graph", "routing_node", "team", "team_member", "job_ticket",
-               "job_graph_instance", "flow_token", "token_assignment", "token_event"),
+    "tenant": (
+        "routing_graph",
+        "routing_node",
+        "team",
+        "team_member",
+        "job_ticket",
+        "job_graph_instance",
+        "flow_token",
+        "token_assignment",
+        "token_event",
+    ),
 }

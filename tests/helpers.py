@@ -109,13 +109,18 @@ def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def bgworkers(*args: str, cwd: Path | None = None,
-              env: Mapping[str, str | None] | None = None) -> CliResult:
+def bgworkers(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str | None] | None = None
+) -> CliResult:
     """`bgworkers ARGS` in this process (`bgworkers.cli.main`), from `cwd` with the
     environment changed by `env`; its output captured, logs included."""
     out, err = io.StringIO(), io.StringIO()
-    with (environment(env or {}), contextlib.chdir(cwd or Path.cwd()),
-          contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
+    with (
+        environment(env or {}),
+        contextlib.chdir(cwd or Path.cwd()),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = cli.main(list(args))
     return CliResult(code, out.getvalue(), err.getvalue())
 
@@ -144,10 +149,15 @@ Org = str | Mapping[str, Any]
 MakeWorld = Callable[..., World]  # the make_world fixture: build_world for one test
 
 
-def build_world(config: Path, orgs: Sequence[Org] = (), *, erp_schema: bool = False,
-                only: Sequence[str] | None = None,
-                organization: Callable[[sa.Engine], None] | None = None,
-                demo: Mapping[str, Any] | None = None) -> World:
+def build_world(
+    config: Path,
+    orgs: Sequence[Org] = (),
+    *,
+    erp_schema: bool = False,
+    only: Sequence[str] | None = None,
+    organization: Callable[[sa.Engine], None] | None = None,
+    demo: Mapping[str, Any] | None = None,
+) -> World:
     """The one way tests build tenants from a settings file.
 
     `bgworkers db init` of core (ERP and coordination tables); then `organization`, when
@@ -174,8 +184,12 @@ def build_world(config: Path, orgs: Sequence[Org] = (), *, erp_schema: bool = Fa
         assert dbadmin.init(settings, world.dbs, None, quiet) == 0
         if organization is not None:
             organization(world.dbs.core)
-        rows = [{"id_org": i, "code": org, "name": org, "status": "active"}
-                if isinstance(org, str) else dict(org) for i, org in enumerate(orgs, start=1)]
+        rows = [
+            {"id_org": i, "code": org, "name": org, "status": "active"}
+            if isinstance(org, str)
+            else dict(org)
+            for i, org in enumerate(orgs, start=1)
+        ]
         with world.dbs.core.begin() as conn:
             for row in rows:  # only the columns given: the others keep their defaults
                 table = sa.table("organization", *(sa.column(name) for name in row))
@@ -186,8 +200,7 @@ def build_world(config: Path, orgs: Sequence[Org] = (), *, erp_schema: bool = Fa
             for tenant in discover(settings, world.dbs.core)[0]:
                 if only is not None and tenant.code not in only:
                     continue
-                ensure_database(world.dbs.url(settings.tenant_url(tenant.code)),
-                                settings.database)
+                ensure_database(world.dbs.url(settings.tenant_url(tenant.code)), settings.database)
                 with world.dbs.tenant(tenant.code).connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
     except BaseException:

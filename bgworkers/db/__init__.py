@@ -28,8 +28,12 @@ def error_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None = None,
-                max_overflow: int | None = None) -> Engine:
+def make_engine(
+    url: URL,
+    settings: DatabaseSettings,
+    io_timeout: float | None = None,
+    max_overflow: int | None = None,
+) -> Engine:
     """An engine with its own pool: timeouts from settings, run limits on every checkout.
 
     The checkout hook of `limits` also checks that a pooled connection is alive.
@@ -41,13 +45,16 @@ def make_engine(url: URL, settings: DatabaseSettings, io_timeout: float | None =
     """
     if is_sqlite(url):
         engine = create_engine(
-            url, connect_args={"timeout": settings.connect_timeout.total_seconds()})
+            url, connect_args={"timeout": settings.connect_timeout.total_seconds()}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         connect_args = {"connect_timeout": int(settings.connect_timeout.total_seconds())}
         if io_timeout is not None:
-            connect_args |= {"read_timeout": math.ceil(io_timeout),
-                             "write_timeout": math.ceil(io_timeout)}
+            connect_args |= {
+                "read_timeout": math.ceil(io_timeout),
+                "write_timeout": math.ceil(io_timeout),
+            }
         engine = create_engine(
             url,
             pool_size=settings.pool_size,
@@ -87,8 +94,7 @@ class DatabaseEngine(Engine):
     """
 
     def __init__(self, server: Engine, url: URL) -> None:
-        super().__init__(server.pool, server.dialect, url,
-                         hide_parameters=server.hide_parameters)
+        super().__init__(server.pool, server.dialect, url, hide_parameters=server.hide_parameters)
         self._server = server
         self._database = str(url.database)
         self._own_dialect: Dialect | None = None
@@ -170,8 +176,9 @@ def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
             if exists:
                 return False
             quoted = server.dialect.identifier_preparer.quote_identifier(url.database)
-            conn.execute(text(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4 "
-                              "COLLATE utf8mb4_unicode_ci"))
+            conn.execute(
+                text(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+            )
             return True
     finally:
         server.dispose()

@@ -138,18 +138,23 @@ def install_statement_check(engine: Engine) -> None:
 def session_limits(seconds: float, mariadb: bool) -> str:
     """The SET statement that bounds statements and lock waits of a MySQL session."""
     whole = max(1, math.ceil(seconds))  # both lock waits take whole seconds
-    statement = (f"max_statement_time = {max(seconds, 0.001):.3f}" if mariadb
-                 else f"max_execution_time = {max(1, math.ceil(seconds * 1000))}")
-    return (f"SET SESSION {statement}, lock_wait_timeout = {whole}, "
-            f"innodb_lock_wait_timeout = {whole}")
+    statement = (
+        f"max_statement_time = {max(seconds, 0.001):.3f}"
+        if mariadb
+        else f"max_execution_time = {max(1, math.ceil(seconds * 1000))}"
+    )
+    return (
+        f"SET SESSION {statement}, lock_wait_timeout = {whole}, innodb_lock_wait_timeout = {whole}"
+    )
 
 
 def _on_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
     """A connection opened during a run waits for the server no longer than the run may."""
     limit = _current.get()
     if limit is not None and "connect_timeout" in cparams:
-        cparams["connect_timeout"] = max(1, min(int(cparams["connect_timeout"]),
-                                                math.ceil(limit.remaining())))
+        cparams["connect_timeout"] = max(
+            1, min(int(cparams["connect_timeout"]), math.ceil(limit.remaining()))
+        )
 
 
 def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
@@ -194,7 +199,7 @@ def _execute(dbapi_conn: Any, statement: str) -> None:
 
 RESET_SESSION_LIMITS = {
     mariadb: f"SET SESSION {'max_statement_time' if mariadb else 'max_execution_time'} = DEFAULT, "
-             "lock_wait_timeout = DEFAULT, innodb_lock_wait_timeout = DEFAULT"
+    "lock_wait_timeout = DEFAULT, innodb_lock_wait_timeout = DEFAULT"
     for mariadb in (True, False)
 }
 
@@ -253,8 +258,7 @@ class _Watchdog:
         with self._lock:
             self._limits.add(limit)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="run-limits",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._loop, name="run-limits", daemon=True)
                 self._thread.start()
 
     def discard(self, limit: Limit) -> None:
@@ -270,8 +274,9 @@ class _Watchdog:
         """Cut the connections of the runs past their limit (or of every run)."""
         now = time.monotonic()
         with self._lock:
-            due = [lim for lim in self._limits
-                   if not lim.fired and (everyone or now >= lim.deadline)]
+            due = [
+                lim for lim in self._limits if not lim.fired and (everyone or now >= lim.deadline)
+            ]
             for limit in due:
                 limit.fired = True
                 for cut in list(limit.connections.values()):

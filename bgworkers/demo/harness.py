@@ -43,8 +43,9 @@ class MariaDB:
     script's watcher removes the server when that process dies without doing so.
     """
 
-    def __init__(self, base: Path | None = None, owner_pid: int | None = None,
-                 prefix: str = "bgw-") -> None:
+    def __init__(
+        self, base: Path | None = None, owner_pid: int | None = None, prefix: str = "bgw-"
+    ) -> None:
         # A short path under /tmp: the unix socket's path must stay under ~100 bytes.
         self.base = base or Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.owner_pid = owner_pid
@@ -59,14 +60,23 @@ class MariaDB:
         if self.port is not None:
             env["MARIADB_PORT"] = self.port
         try:
-            done = subprocess.run(["bash", str(MARIADB_SCRIPT), *args], capture_output=True,
-                                  text=True, timeout=timeout, env=env, check=False)
+            done = subprocess.run(
+                ["bash", str(MARIADB_SCRIPT), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise MariaDBError(f"mariadb.sh {args[0]} did not finish within {timeout:g} s "
-                               f"(left in {self.base}): {exc.stderr!r}") from exc
+            raise MariaDBError(
+                f"mariadb.sh {args[0]} did not finish within {timeout:g} s "
+                f"(left in {self.base}): {exc.stderr!r}"
+            ) from exc
         if done.returncode != 0:
-            raise MariaDBError(f"mariadb.sh {args[0]} failed (rc={done.returncode}):\n"
-                               f"{done.stderr}")
+            raise MariaDBError(
+                f"mariadb.sh {args[0]} failed (rc={done.returncode}):\n{done.stderr}"
+            )
         return done.stdout
 
     @property
@@ -160,8 +170,14 @@ def events(log: Path, name: str | None = None) -> list[dict[str, Any]]:
     return found
 
 
-def make_context(settings: Settings, dbs: Databases, tenant_code: str, now: datetime,
-                 job: str, dry_run: bool = False) -> JobContext[Any]:
+def make_context(
+    settings: Settings,
+    dbs: Databases,
+    tenant_code: str,
+    now: datetime,
+    job: str,
+    dry_run: bool = False,
+) -> JobContext[Any]:
     """A context for calling a job's `run` for one active tenant at a fixed aware time."""
     tenants, _ = discover(settings, dbs.core)
     tenant = next((t for t in tenants if t.code == tenant_code), None)

@@ -109,8 +109,9 @@ def generate(
         other = active[(index + 1) % len(active)] if len(active) > 1 else orgs[-1]
         progress.tenant(index, org.code, total)
         try:
-            result = _tenant(demo, dbs, org, other, profile, rng, plan, graphs, registry_id,
-                             progress.writers)
+            result = _tenant(
+                demo, dbs, org, other, profile, rng, plan, graphs, registry_id, progress.writers
+            )
         except (SQLAlchemyError, WriterError) as exc:
             progress.stop()
             out(f"demo-data: tenant {org.code}: FAILED: {_reason(exc)}")
@@ -204,9 +205,11 @@ class _Progress:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             current = sum(n for w in list(self.writers) for n in list(w.counts.values()))
-            self.out(f"demo-data: progress: {self.index}/{self.tenants} tenants done, "
-                     f"{self.done_rows + current:,} rows written, now {self.code}, "
-                     f"{time.perf_counter() - self.started:.0f} s")
+            self.out(
+                f"demo-data: progress: {self.index}/{self.tenants} tenants done, "
+                f"{self.done_rows + current:,} rows written, now {self.code}, "
+                f"{time.perf_counter() - self.started:.0f} s"
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -236,8 +239,9 @@ def _prepare(settings: Settings, dbs: Databases, orgs: list[Org], reset: bool, o
             )
     else:
         codes = list(dict.fromkeys([*existing, *demo_codes]))
-        problems = {code: problem for code in codes
-                    if (problem := tenant_code_problem(code)) is not None}
+        problems = {
+            code: problem for code in codes if (problem := tenant_code_problem(code)) is not None
+        }
         for problem in problems.values():
             out(f"demo-data: --reset: {problem}; its database is left alone")
         skipped = list(problems)

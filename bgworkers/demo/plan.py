@@ -204,12 +204,12 @@ def _ensure_settled_hatthasilpa(plan: Plan, hat: list[GraphSpec]) -> None:
     c = plan.counts
     groups = max(c[kind] for kind in (*PIECE_ANOMALIES, *EXTRA_TOKENS, "orphaned_stale"))
     needed = groups + c["quarantine_resolved"]  # one resolved quarantine row per ticket
-    settled = [t for t in range(plan.tickets)
-               if not plan.flags[t] and plan.start[t] < plan.settle_from]
-    have = sum(1 for t in settled
-               if plan.kind[t] != CLASSIC and plan.size[t] >= PROBLEM_MIN_SIZE)
+    settled = [
+        t for t in range(plan.tickets) if not plan.flags[t] and plan.start[t] < plan.settle_from
+    ]
+    have = sum(1 for t in settled if plan.kind[t] != CLASSIC and plan.size[t] >= PROBLEM_MIN_SIZE)
     convert = [t for t in settled if plan.kind[t] == CLASSIC and plan.size[t] >= PROBLEM_MIN_SIZE]
-    for t in reversed(convert[len(convert) - max(0, needed - have):]):
+    for t in reversed(convert[len(convert) - max(0, needed - have) :]):
         spec = hat[t % len(hat)]
         plan.kind[t], plan.graph[t] = HAT, spec.id
         plan.sku[t] %= len(spec.skus)

@@ -101,7 +101,8 @@ class BulkWriter:
             with self.engine.begin() as conn:
                 if self.is_mysql:
                     conn.exec_driver_sql(
-                        "ANALYZE TABLE " + ", ".join(quote(t) for t in written)).fetchall()
+                        "ANALYZE TABLE " + ", ".join(quote(t) for t in written)
+                    ).fetchall()
                 else:
                     conn.exec_driver_sql("ANALYZE")
 

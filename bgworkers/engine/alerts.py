@@ -39,8 +39,9 @@ EVERY_JOB = (Rule("alert_job_errors", "warning", "errors", "errors_per_run"),)
 OUTBOX_BACKLOG = "alert_outbox_backlog"
 
 
-def check(rules: Iterable[Rule], counters: Mapping[str, int],
-          settings: AlertsSettings) -> list[Alert]:
+def check(
+    rules: Iterable[Rule], counters: Mapping[str, int], settings: AlertsSettings
+) -> list[Alert]:
     """The alerts of one tenant run: its counters above their rules' thresholds."""
     alerts = []
     for rule in rules:

@@ -79,15 +79,31 @@ class JobSpec(Generic[S]):
         """This job's `[jobs.NAME]` table."""
         table = settings.jobs.get(self.name)
         if not isinstance(table, self.settings):
-            raise TypeError(f"jobs.{self.name} is a {type(table).__name__}, "
-                            f"not a {self.settings.__name__}")
+            raise TypeError(
+                f"jobs.{self.name} is a {type(table).__name__}, not a {self.settings.__name__}"
+            )
         return table
 
-    def context(self, settings: Settings, tenant: Tenant, dbs: Databases, clock: Clock,
-                log: FilteringBoundLogger, dry_run: bool = False) -> JobContext[S]:
+    def context(
+        self,
+        settings: Settings,
+        tenant: Tenant,
+        dbs: Databases,
+        clock: Clock,
+        log: FilteringBoundLogger,
+        dry_run: bool = False,
+    ) -> JobContext[S]:
         """A context for one run of this job for `tenant`."""
-        return JobContext(job=self.name, job_settings=self.settings_in(settings), tenant=tenant,
-                          settings=settings, dbs=dbs, clock=clock, log=log, dry_run=dry_run)
+        return JobContext(
+            job=self.name,
+            job_settings=self.settings_in(settings),
+            tenant=tenant,
+            settings=settings,
+            dbs=dbs,
+            clock=clock,
+            log=log,
+            dry_run=dry_run,
+        )
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bgworkers.db import db_now, error_line, limits, transaction
@@ -51,8 +51,13 @@ class Lease:
 class Leases:
     """Acquire, renew (in the background) and release leases in the coordination DB."""
 
-    def __init__(self, engine: Callable[[], Engine], holder: str, ttl: float,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        holder: str,
+        ttl: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._engine = engine
         self.holder = holder
         self.ttl = ttl
@@ -62,38 +67,52 @@ class Leases:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _where(self, lease: Lease) -> object:
+    def _where(self, lease: Lease) -> ColumnElement[bool]:
         t = lease_table.c
         return and_(t.lease_group == lease.group, t.tenant == lease.tenant, t.token == lease.token)
 
-    def acquire(self, group: str, tenant: str, token: str,
-                conn: Connection | None = None) -> Lease | None:
+    def acquire(
+        self, group: str, tenant: str, token: str, conn: Connection | None = None
+    ) -> Lease | None:
         """The lease, or None when another run holds it.  In `conn`'s transaction when
         given (the lease is then held, and renewed, only if that transaction commits:
         call `hold` after the commit)."""
         t = lease_table.c
         bind = conn if conn is not None else self._engine()
-        values = {"holder": self.holder, "token": token, "acquired_at": db_now(bind),
-                  "expires_at": db_now(bind, self.ttl)}
+        values = {
+            "holder": self.holder,
+            "token": token,
+            "acquired_at": db_now(bind),
+            "expires_at": db_now(bind, self.ttl),
+        }
         lease = Lease(group, tenant, token, self.ttl, self.monotonic)
         with transaction(bind) as tx:
             try:
-                tx.execute(insert(lease_table).values(lease_group=group, tenant=tenant,
-                                                      **values))
+                tx.execute(insert(lease_table).values(lease_group=group, tenant=tenant, **values))
             except IntegrityError:  # only this statement failed: the transaction goes on
-                old = tx.execute(select(t.token, t.holder).where(
-                    t.lease_group == group, t.tenant == tenant,
-                    t.expires_at < db_now(tx))).first()
+                old = tx.execute(
+                    select(t.token, t.holder).where(
+                        t.lease_group == group, t.tenant == tenant, t.expires_at < db_now(tx)
+                    )
+                ).first()
                 if old is None:
                     return None
-                taken = tx.execute(update(lease_table).where(
-                    t.lease_group == group, t.tenant == tenant, t.token == old.token,
-                    t.expires_at < db_now(tx)).values(**values)).rowcount
+                taken = tx.execute(
+                    update(lease_table)
+                    .where(
+                        t.lease_group == group,
+                        t.tenant == tenant,
+                        t.token == old.token,
+                        t.expires_at < db_now(tx),
+                    )
+                    .values(**values)
+                ).rowcount
                 if taken != 1:
                     return None
                 lease.previous = old.token
-                log.warning("lease_taken_over", lease_group=group, tenant=tenant,
-                            previous_holder=old.holder)
+                log.warning(
+                    "lease_taken_over", lease_group=group, tenant=tenant, previous_holder=old.holder
+                )
         if conn is None:
             self.hold(lease)
         return lease
@@ -115,12 +134,16 @@ class Leases:
         self.forget(lease)
         try:
             with transaction(conn or self._engine()) as tx:
-                tx.execute(delete(lease_table).where(self._where(lease)))  # type: ignore[arg-type]
+                tx.execute(delete(lease_table).where(self._where(lease)))
         except SQLAlchemyError as exc:
             if conn is not None:
                 raise
-            log.warning("lease_release_failed", lease_group=lease.group, tenant=lease.tenant,
-                        error=error_line(exc))
+            log.warning(
+                "lease_release_failed",
+                lease_group=lease.group,
+                tenant=lease.tenant,
+                error=error_line(exc),
+            )
 
     def renew_all(self) -> None:
         with self._lock:
@@ -132,12 +155,18 @@ class Leases:
             started = self.monotonic()
             try:  # a renewal later than a third of the TTL is worth nothing more
                 with limits.limited(self.ttl / 3), engine.begin() as conn:
-                    renewed = conn.execute(update(lease_table).where(
-                        self._where(lease)).values(  # type: ignore[arg-type]
-                        expires_at=db_now(engine, self.ttl))).rowcount
+                    renewed = conn.execute(
+                        update(lease_table)
+                        .where(self._where(lease))
+                        .values(expires_at=db_now(engine, self.ttl))
+                    ).rowcount
             except (SQLAlchemyError, limits.RunTimedOut) as exc:
-                log.warning("lease_renew_failed", lease_group=lease.group, tenant=lease.tenant,
-                            error=error_line(exc))
+                log.warning(
+                    "lease_renew_failed",
+                    lease_group=lease.group,
+                    tenant=lease.tenant,
+                    error=error_line(exc),
+                )
                 continue  # Lease.check() fails once a whole TTL passed without renewal
             if renewed == 1:
                 lease.renewed = started
@@ -146,8 +175,9 @@ class Leases:
                 released = lease.token not in self._held
             if not released:  # not the run ending meanwhile: another holder has it
                 lease.lost.set()
-                log.error("lease_lost", lease_group=lease.group, tenant=lease.tenant,
-                          run_id=lease.token)
+                log.error(
+                    "lease_lost", lease_group=lease.group, tenant=lease.tenant, run_id=lease.token
+                )
 
     def start(self) -> None:
         self._stop.clear()

@@ -47,13 +47,24 @@ EVENT_PAIR_KEYS = {"shutdown_grace_exceeded": ("interrupted",)}
 #: Console: shown first, in this order, after the event and its job/tenant.
 CONSOLE_FIRST = ("status", "error", "reason", "ms")
 #: Console: left out (journal and JSON keep them): repeated or long, of no use on a screen.
-CONSOLE_HIDDEN = frozenset({"run_id", "logger", "timestamp", "level", "event", "job",
-                            "tenant", "exception", "stack"})
+CONSOLE_HIDDEN = frozenset(
+    {"run_id", "logger", "timestamp", "level", "event", "job", "tenant", "exception", "stack"}
+)
 CONSOLE_VALUE_CHARS = 48
-_COLORS = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m",
-           "error": "\x1b[31;1m", "critical": "\x1b[31;1m"}
-_LEVEL_TAGS = {"debug": "debug", "info": "info ", "warning": "WARN ", "error": "ERROR",
-               "critical": "CRIT "}
+_COLORS = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31;1m",
+    "critical": "\x1b[31;1m",
+}
+_LEVEL_TAGS = {
+    "debug": "debug",
+    "info": "info ",
+    "warning": "WARN ",
+    "error": "ERROR",
+    "critical": "CRIT ",
+}
 
 
 @dataclass
@@ -121,8 +132,9 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
 
 
 @contextlib.contextmanager
-def still_running(log: FilteringBoundLogger, event: str, every: float = 5.0,
-                  **fields: Any) -> Iterator[None]:
+def still_running(
+    log: FilteringBoundLogger, event: str, every: float = 5.0, **fields: Any
+) -> Iterator[None]:
     """While the block runs, log `event` with the seconds elapsed every `every` seconds
     (nothing when it ends sooner): a long step is never silent.  `log` must carry its
     own context (job, tenant): the lines come from another thread."""
@@ -230,8 +242,12 @@ def _names(value: Any) -> list[str]:
 def concerned(event_dict: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(jobs, tenants) an event names, each once, in order of appearance."""
     event = str(event_dict.get("event", ""))
-    jobs = [n for k in (*JOB_KEYS, *EVENT_JOB_KEYS.get(event, ())) if k in event_dict
-            for n in _names(event_dict[k])]
+    jobs = [
+        n
+        for k in (*JOB_KEYS, *EVENT_JOB_KEYS.get(event, ()))
+        if k in event_dict
+        for n in _names(event_dict[k])
+    ]
     tenants = [n for k in TENANT_KEYS if k in event_dict for n in _names(event_dict[k])]
     for key in EVENT_PAIR_KEYS.get(event, ()):
         for pair in _names(event_dict.get(key)):
@@ -328,13 +344,16 @@ def render_console(event_dict: Mapping[str, Any], width: int = 100, colors: bool
     tracebacks are left to the journal and JSON (the error's last line is kept)."""
     level = str(event_dict.get("level", "info"))
     stamp = str(event_dict.get("timestamp", ""))[11:19]
-    where = "/".join(str(event_dict[k]) for k in ("job", "tenant")
-                     if isinstance(event_dict.get(k), str))
+    where = "/".join(
+        str(event_dict[k]) for k in ("job", "tenant") if isinstance(event_dict.get(k), str)
+    )
     keys = [k for k in CONSOLE_FIRST if k in event_dict]
     keys += [k for k in event_dict if k not in CONSOLE_HIDDEN and k not in keys]
-    pairs = [f"{k}={_short_value(v, width if k in CONSOLE_FIRST else CONSOLE_VALUE_CHARS)}"
-             for k in keys
-             if (v := event_dict[k]) not in (None, False, 0, "", [], {}) or k == "status"]
+    pairs = [
+        f"{k}={_short_value(v, width if k in CONSOLE_FIRST else CONSOLE_VALUE_CHARS)}"
+        for k in keys
+        if (v := event_dict[k]) not in (None, False, 0, "", [], {}) or k == "status"
+    ]
     exc = event_dict.get("exception")
     if isinstance(exc, str) and exc.strip() and "error" not in event_dict:
         pairs.append(f"exception={_short_value(exc.strip().splitlines()[-1])}")
@@ -346,9 +365,11 @@ def render_console(event_dict: Mapping[str, Any], width: int = 100, colors: bool
         return line
     tag_at = len(stamp) + 1
     tag_end = tag_at + len(head[1])
-    return (f"\x1b[2m{line[:tag_at]}\x1b[0m{_COLORS.get(level, '')}{line[tag_at:tag_end]}"
-            f"\x1b[0m\x1b[1m{line[tag_end:tag_end + 1 + len(head[2])]}\x1b[0m"
-            f"{line[tag_end + 1 + len(head[2]):]}")
+    return (
+        f"\x1b[2m{line[:tag_at]}\x1b[0m{_COLORS.get(level, '')}{line[tag_at:tag_end]}"
+        f"\x1b[0m\x1b[1m{line[tag_end : tag_end + 1 + len(head[2])]}\x1b[0m"
+        f"{line[tag_end + 1 + len(head[2]) :]}"
+    )
 
 
 def _terminal(stream: TextIO) -> tuple[int, bool]:

@@ -64,10 +64,14 @@ class Pause:
         return f"{text}: {self.reason}" if self.reason else text
 
     def as_json(self) -> dict[str, object]:
-        return {"job": self.job, "tenant": None if self.for_all else self.tenant,
-                "all_tenants": self.for_all,
-                "paused_at": self.paused_at.isoformat(timespec="seconds"),
-                "paused_by": self.paused_by, "reason": self.reason}
+        return {
+            "job": self.job,
+            "tenant": None if self.for_all else self.tenant,
+            "all_tenants": self.for_all,
+            "paused_at": self.paused_at.isoformat(timespec="seconds"),
+            "paused_by": self.paused_by,
+            "reason": self.reason,
+        }
 
 
 def read(engine: Engine, job: str | None = None) -> dict[tuple[str, str], Pause]:
@@ -79,8 +83,10 @@ def read(engine: Engine, job: str | None = None) -> dict[tuple[str, str], Pause]
         query = query.where(c.job == job)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    return {(r.job, r.tenant): Pause(r.job, r.tenant, aware_utc(r.paused_at), r.paused_by, r.reason)
-            for r in rows}
+    return {
+        (r.job, r.tenant): Pause(r.job, r.tenant, aware_utc(r.paused_at), r.paused_by, r.reason)
+        for r in rows
+    }
 
 
 def find(pauses: Mapping[tuple[str, str], Pause], job: str, tenant: str) -> Pause | None:
@@ -95,22 +101,43 @@ def for_tick(engine: Engine, job: str) -> dict[tuple[str, str], Pause]:
         with limits.limited(READ_LIMIT):
             return read(engine, job)
     except (SQLAlchemyError, limits.RunTimedOut) as exc:
-        log.warning("pauses_unreadable", job=job,
-                    error=f"{type(exc).__name__}: {error_line(exc)}",
-                    detail="running every tenant as if nothing were paused")
+        log.warning(
+            "pauses_unreadable",
+            job=job,
+            error=f"{type(exc).__name__}: {error_line(exc)}",
+            detail="running every tenant as if nothing were paused",
+        )
         return {}
 
 
-def record_paused(engine: Engine, job: str, tenant: str, tick_at: datetime, run_id: str,
-                  host: str, pid: int, pause: Pause) -> bool:
+def record_paused(
+    engine: Engine,
+    job: str,
+    tenant: str,
+    tick_at: datetime,
+    run_id: str,
+    host: str,
+    pid: int,
+    pause: Pause,
+) -> bool:
     """The `skipped` history row of a paused tenant's tick; False when another replica
     already has this tick."""
     try:
         with engine.begin() as conn:
-            conn.execute(insert(run_table).values(
-                job=job, tenant=tenant, tick_at=tick_at, run_id=run_id, host=host, pid=pid,
-                started_at=db_now(engine), ended_at=db_now(engine),
-                status=RunStatus.SKIPPED.value, error=pause.describe()))
+            conn.execute(
+                insert(run_table).values(
+                    job=job,
+                    tenant=tenant,
+                    tick_at=tick_at,
+                    run_id=run_id,
+                    host=host,
+                    pid=pid,
+                    started_at=db_now(engine),
+                    ended_at=db_now(engine),
+                    status=RunStatus.SKIPPED.value,
+                    error=pause.describe(),
+                )
+            )
     except IntegrityError:
         return False
     return True
@@ -152,8 +179,15 @@ def _failed(exc: BaseException, out: Out) -> int:
     return 1
 
 
-def pause(settings: Settings, dbs: Databases, job: str, tenant_code: str | None,
-          reason: str | None, out: Out, by: str | None = None) -> int:
+def pause(
+    settings: Settings,
+    dbs: Databases,
+    job: str,
+    tenant_code: str | None,
+    reason: str | None,
+    out: Out,
+    by: str | None = None,
+) -> int:
     try:
         tenant = _tenant(settings, dbs, tenant_code, out)
         if tenant is None:
@@ -163,9 +197,15 @@ def pause(settings: Settings, dbs: Databases, job: str, tenant_code: str | None,
         with limits.limited(READ_LIMIT):
             try:
                 with engine.begin() as conn:
-                    conn.execute(insert(pause_table).values(
-                        job=job, tenant=tenant, paused_at=db_now(engine),
-                        paused_by=by or operator(), reason=reason))
+                    conn.execute(
+                        insert(pause_table).values(
+                            job=job,
+                            tenant=tenant,
+                            paused_at=db_now(engine),
+                            paused_by=by or operator(),
+                            reason=reason,
+                        )
+                    )
                 created = True
             except IntegrityError:
                 created = False
@@ -183,8 +223,7 @@ def pause(settings: Settings, dbs: Databases, job: str, tenant_code: str | None,
     return 0
 
 
-def resume(settings: Settings, dbs: Databases, job: str, tenant_code: str | None,
-           out: Out) -> int:
+def resume(settings: Settings, dbs: Databases, job: str, tenant_code: str | None, out: Out) -> int:
     """Lift the tenant's pause; without a tenant, every pause of the job (for all
     tenants and for single ones), so that the job runs everywhere again."""
     try:
@@ -203,15 +242,20 @@ def resume(settings: Settings, dbs: Databases, job: str, tenant_code: str | None
             after = read(engine, job)
     except (SQLAlchemyError, limits.RunTimedOut) as exc:
         return _failed(exc, out)
-    lifted = [p for key, p in sorted(before.items())
-              if key not in after and (tenant == ALL_TENANTS or p.tenant == tenant)]
+    lifted = [
+        p
+        for key, p in sorted(before.items())
+        if key not in after and (tenant == ALL_TENANTS or p.tenant == tenant)
+    ]
     for was in lifted:
         out(f"{job}: resumed for {_whom(was.tenant)} (was {was.describe()})")
     if not lifted:
         out(f"{job}: was not paused for {_whom(tenant)}: nothing to resume")
     if tenant != ALL_TENANTS and (every := after.get((job, ALL_TENANTS))) is not None:
-        out(f"{job}: still paused for all tenants, so for {tenant} too: {every.describe()} "
-            f"(`bgworkers resume {job}` lifts every pause of the job)")
+        out(
+            f"{job}: still paused for all tenants, so for {tenant} too: {every.describe()} "
+            f"(`bgworkers resume {job}` lifts every pause of the job)"
+        )
         return 1
     return 0
 

@@ -64,9 +64,13 @@ def _schema_error(spec: JobSpec[S], ctx: JobContext[S]) -> str | None:
     with the command that provides it; None when the schema is whole."""
     found = []
     for label, engine, tables in (
-            (f"tenant {ctx.tenant.code}", ctx.db, [t for t in spec.tables if t.metadata is not
-                                                    core.metadata]),
-            ("core", ctx.core, [t for t in spec.tables if t.metadata is core.metadata])):
+        (
+            f"tenant {ctx.tenant.code}",
+            ctx.db,
+            [t for t in spec.tables if t.metadata is not core.metadata],
+        ),
+        ("core", ctx.core, [t for t in spec.tables if t.metadata is core.metadata]),
+    ):
         try:
             problems = needs.problems(engine, tables) if tables else []
         except SQLAlchemyError:
@@ -127,8 +131,10 @@ class TickResult:
     def as_json(self, counter_names: tuple[str, ...]) -> dict[str, Any]:
         out = {
             "job": self.job,
-            "tenants": {code: r.counters | ({r.status: 1} if r.status in _NOT_RUN else {})
-                        for code, r in self.tenants.items()},
+            "tenants": {
+                code: r.counters | ({r.status: 1} if r.status in _NOT_RUN else {})
+                for code, r in self.tenants.items()
+            },
             "total": self.total(counter_names),
         }
         return out | {"dry_run": True} if self.dry_run else out
@@ -137,8 +143,15 @@ class TickResult:
 class RunMetrics(Protocol):
     """What the runner reports to metrics (the daemon's `service.metrics.Metrics`)."""
 
-    def run_finished(self, job: str, tenant: str, status: str, seconds: float | None,
-                     ended: datetime, alert_events: list[str]) -> None: ...
+    def run_finished(
+        self,
+        job: str,
+        tenant: str,
+        status: str,
+        seconds: float | None,
+        ended: datetime,
+        alert_events: list[str],
+    ) -> None: ...
 
     def tick_missed(self, job: str) -> None: ...
 
@@ -166,16 +179,20 @@ class Runner:
     written again once the coordination database answers (`flush_history`).
     """
 
-    def __init__(self, settings: Settings, jobs: Mapping[str, JobSpec[Any]],
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, jobs: Mapping[str, JobSpec[Any]], clock: Clock | None = None
+    ) -> None:
         self.jobs = jobs  # by name: the registry (`bgworkers.jobs.BY_NAME`)
         self.clock = clock or SystemClock()
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.settings = settings
         self.dbs = _databases(settings)
-        self.leases = Leases(lambda: self.dbs.coordination, f"{self.host}:{self.pid}",
-                             settings.scheduler.lease_ttl.total_seconds())
+        self.leases = Leases(
+            lambda: self.dbs.coordination,
+            f"{self.host}:{self.pid}",
+            settings.scheduler.lease_ttl.total_seconds(),
+        )
         self.workers = settings.scheduler.max_workers
         self.pool = ThreadPoolExecutor(self.workers, "tenant")
         self.slow_lane = ThreadPoolExecutor(1, "tenant-slow")
@@ -220,9 +237,17 @@ class Runner:
 
     # -------------------------------------------------------------- ticks
 
-    def tick(self, job: str, tick_at: datetime, *, only: str | None = None,
-             among: Collection[str] | None = None, dry_run: bool = False, wait: bool = True,
-             on_done: Callable[[TickResult], None] | None = None) -> TickResult:
+    def tick(
+        self,
+        job: str,
+        tick_at: datetime,
+        *,
+        only: str | None = None,
+        among: Collection[str] | None = None,
+        dry_run: bool = False,
+        wait: bool = True,
+        on_done: Callable[[TickResult], None] | None = None,
+    ) -> TickResult:
         """Run `job` for every active tenant (or `only`); never raises.
 
         `among`: only these tenants, those of them that are active (a catch-up).
@@ -274,13 +299,15 @@ class Runner:
         futures: dict[str, Future[TenantResult]] = {}
         for tenant in tenants:
             if (pause := pauses.find(paused, job, tenant.code)) is not None:
-                result.tenants[tenant.code] = self._tenant_paused(job, tenant.code, tick_at,
-                                                                  pause, dbs)
+                result.tenants[tenant.code] = self._tenant_paused(
+                    job, tenant.code, tick_at, pause, dbs
+                )
                 continue
             future = self._submit(spec, tenant, tick_at, dry_run, settings, dbs)
             if future is None:
-                result.tenants[tenant.code] = self._tenant_missed(job, tenant.code, tick_at,
-                                                                  STILL_RUNNING)
+                result.tenants[tenant.code] = self._tenant_missed(
+                    job, tenant.code, tick_at, STILL_RUNNING
+                )
             else:
                 futures[tenant.code] = future
         if wait:
@@ -318,15 +345,31 @@ class Runner:
     def _summarize(self, spec: JobSpec[Any], result: TickResult, started: float) -> None:
         statuses = Counter(r.status for r in result.tenants.values())
         total = result.total(spec.counters)
-        worst = "warning" if result.failed else alerts.level(
-            a for r in result.tenants.values() for a in r.alerts)
-        log.log(LEVELS[worst], "job_run_summary",
-                job=spec.name, tick=result.tick_at.isoformat(), dry_run=result.dry_run,
-                ms=int((time.monotonic() - started) * 1000),
-                **{f"tenants_{k}": v for k, v in statuses.items()}, **total)
+        worst = (
+            "warning"
+            if result.failed
+            else alerts.level(a for r in result.tenants.values() for a in r.alerts)
+        )
+        log.log(
+            LEVELS[worst],
+            "job_run_summary",
+            job=spec.name,
+            tick=result.tick_at.isoformat(),
+            dry_run=result.dry_run,
+            ms=int((time.monotonic() - started) * 1000),
+            **{f"tenants_{k}": v for k, v in statuses.items()},
+            **total,
+        )
 
-    def _submit(self, spec: JobSpec[Any], tenant: Tenant, tick_at: datetime, dry_run: bool,
-                settings: Settings, dbs: Databases) -> Future[TenantResult] | None:
+    def _submit(
+        self,
+        spec: JobSpec[Any],
+        tenant: Tenant,
+        tick_at: datetime,
+        dry_run: bool,
+        settings: Settings,
+        dbs: Databases,
+    ) -> Future[TenantResult] | None:
         """Queue the tenant's run; None when its previous run of this job is still going."""
         key = (spec.name, tenant.code)
         with self._lock:
@@ -334,8 +377,9 @@ class Runner:
                 return None
             run = _Run(spec.name, tenant.code, tick_at)
             lane = self.slow_lane if tenant.code in self.stalled else self.pool
-            run.future = future = lane.submit(self._run_tenant, run, spec, tenant, dry_run,
-                                              settings, dbs)
+            run.future = future = lane.submit(
+                self._run_tenant, run, spec, tenant, dry_run, settings, dbs
+            )
             self._runs[key] = run
         future.add_done_callback(functools.partial(self._done, key))
         return future
@@ -348,8 +392,15 @@ class Runner:
 
     # -------------------------------------------------------------- one tenant run
 
-    def _run_tenant(self, run: _Run, spec: JobSpec[S], tenant: Tenant, dry_run: bool,
-                    settings: Settings, dbs: Databases) -> TenantResult:
+    def _run_tenant(
+        self,
+        run: _Run,
+        spec: JobSpec[S],
+        tenant: Tenant,
+        dry_run: bool,
+        settings: Settings,
+        dbs: Databases,
+    ) -> TenantResult:
         if self.stopping.is_set():
             return self._tenant_missed(spec.name, tenant.code, run.tick_at, DROPPED)
         run_id = str(uuid.uuid4())
@@ -382,14 +433,26 @@ class Runner:
             self._measure(spec.name, tenant.code, result, time.monotonic() - started)
             return result
 
-    def _measure(self, job: str, tenant: str, result: TenantResult,
-                 seconds: float | None) -> None:
+    def _measure(self, job: str, tenant: str, result: TenantResult, seconds: float | None) -> None:
         if self.metrics is not None:
-            self.metrics.run_finished(job, tenant, result.status, seconds, self.clock.now(),
-                                      [a.event for a in result.alerts])
+            self.metrics.run_finished(
+                job,
+                tenant,
+                result.status,
+                seconds,
+                self.clock.now(),
+                [a.event for a in result.alerts],
+            )
 
-    def _start(self, spec: JobSpec[Any], tenant: str, tick_at: datetime, run_id: str,
-               dbs: Databases, tenant_log: FilteringBoundLogger) -> Lease | TenantResult:
+    def _start(
+        self,
+        spec: JobSpec[Any],
+        tenant: str,
+        tick_at: datetime,
+        run_id: str,
+        dbs: Databases,
+        tenant_log: FilteringBoundLogger,
+    ) -> Lease | TenantResult:
         """Take the lease and claim the tick, in one transaction; a TenantResult when the
         run must not go on."""
         tick = naive_utc(tick_at)
@@ -402,17 +465,34 @@ class Runner:
                 if lease is not None and lease.previous is not None:
                     history.mark_abandoned(conn, lease.previous, self.leases.holder)
                 claimed = history.claim(
-                    conn, spec.name, tenant, tick, run_id, self.host, self.pid,
-                    *((RunStatus.RUNNING, None) if lease else (RunStatus.SKIPPED, LEASE_BUSY)))
+                    conn,
+                    spec.name,
+                    tenant,
+                    tick,
+                    run_id,
+                    self.host,
+                    self.pid,
+                    *((RunStatus.RUNNING, None) if lease else (RunStatus.SKIPPED, LEASE_BUSY)),
+                )
                 (conn.commit if claimed else conn.rollback)()
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
             error = f"not run: coordination database unavailable: {_short(exc)}"
             tenant_log.error("run_not_started", error=error)
             self.note_error(spec.name, tenant, error)
             # Recorded once the database answers again: the tick has a row either way.
-            self._defer(f"missed {spec.name}/{tenant}", functools.partial(
-                history.record_missed, job=spec.name, tenant=tenant, tick_at=tick,
-                run_id=run_id, host=self.host, pid=self.pid, reason=error))
+            self._defer(
+                f"missed {spec.name}/{tenant}",
+                functools.partial(
+                    history.record_missed,
+                    job=spec.name,
+                    tenant=tenant,
+                    tick_at=tick,
+                    run_id=run_id,
+                    host=self.host,
+                    pid=self.pid,
+                    reason=error,
+                ),
+            )
             return TenantResult(RunStatus.FAILED, error=error)
         if not claimed:
             tenant_log.debug("tick_claimed_elsewhere", tick=tick_at.isoformat())
@@ -438,24 +518,32 @@ class Runner:
                     result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())
                 else:
                     named = _schema_error(spec, ctx) if isinstance(exc, SQLAlchemyError) else None
-                    result = TenantResult(RunStatus.FAILED, error="\n".join(
-                        filter(None, (named, traceback.format_exc()))))
+                    result = TenantResult(
+                        RunStatus.FAILED,
+                        error="\n".join(filter(None, (named, traceback.format_exc()))),
+                    )
                     ctx.log.exception("run_failed", error=named or _short(exc))
-                self.note_error(spec.name, ctx.tenant.code, f"{spec.name}/{ctx.tenant.code}: "
-                                f"{_short(exc)}")
+                self.note_error(
+                    spec.name, ctx.tenant.code, f"{spec.name}/{ctx.tenant.code}: {_short(exc)}"
+                )
             if limit.fired and result.status != RunStatus.TIMED_OUT:  # went on after its cut
                 result = TenantResult(RunStatus.TIMED_OUT, error=limit.error())
         ms = int((time.monotonic() - started) * 1000)
         if result.status == RunStatus.TIMED_OUT:
-            self.note_error(spec.name, ctx.tenant.code,
-                            f"{spec.name}/{ctx.tenant.code}: {result.error}")
+            self.note_error(
+                spec.name, ctx.tenant.code, f"{spec.name}/{ctx.tenant.code}: {result.error}"
+            )
             ctx.log.error("run_timed_out", error=result.error, limit_s=limit_s, ms=ms)
         if result.status == OK and (ctx.problems or result.counters.get("errors")):
             result.status = RunStatus.PARTIAL
             result.error = "\n".join(ctx.problems) or (
-                f"{result.counters['errors']} part(s) of the run failed (see its log events)")
-            self.note_error(spec.name, ctx.tenant.code,
-                            f"{spec.name}/{ctx.tenant.code}: {result.error.splitlines()[0]}")
+                f"{result.counters['errors']} part(s) of the run failed (see its log events)"
+            )
+            self.note_error(
+                spec.name,
+                ctx.tenant.code,
+                f"{spec.name}/{ctx.tenant.code}: {result.error.splitlines()[0]}",
+            )
         elif result.status == OK:
             self.note_ok(spec.name, ctx.tenant.code)
         if result.status in (OK, RunStatus.PARTIAL):
@@ -463,12 +551,23 @@ class Runner:
             level = alerts.level(result.alerts)
             if result.status == RunStatus.PARTIAL:
                 level = max(level, "warning", key=LEVELS.__getitem__)
-            ctx.log.log(LEVELS[level], "job_tenant_result", status=result.status,
-                        ms=ms, dry_run=ctx.dry_run, **result.counters,
-                        **({"error": result.error} if result.error else {}))
+            ctx.log.log(
+                LEVELS[level],
+                "job_tenant_result",
+                status=result.status,
+                ms=ms,
+                dry_run=ctx.dry_run,
+                **result.counters,
+                **({"error": result.error} if result.error else {}),
+            )
             for alert in result.alerts:
-                ctx.log.log(LEVELS[alert.level], alert.event, counter=alert.counter,
-                            value=alert.value, threshold=alert.threshold)
+                ctx.log.log(
+                    LEVELS[alert.level],
+                    alert.event,
+                    counter=alert.counter,
+                    value=alert.value,
+                    threshold=alert.threshold,
+                )
         return result
 
     # -------------------------------------------------------------- history
@@ -479,9 +578,13 @@ class Runner:
         (and the lease expires by itself)."""
         run_id = lease.token
         self.leases.forget(lease)  # renewed no more, even when the release cannot be written
-        write = functools.partial(history.finish, run_id=run_id,
-                                  status=RunStatus(result.status), counters=result.counters,
-                                  error=result.error)
+        write = functools.partial(
+            history.finish,
+            run_id=run_id,
+            status=RunStatus(result.status),
+            counters=result.counters,
+            error=result.error,
+        )
         try:
             with limits.limited(BOOKKEEPING_LIMIT), dbs.coordination.begin() as conn:
                 self.leases.release(lease, conn)  # the lease first, as in `_start`
@@ -491,12 +594,17 @@ class Runner:
             self._defer(f"finish {run_id}", write)
             return
         if not recorded:
-            log.warning("run_end_not_recorded", run_id=run_id, status=result.status,
-                        reason="its history row was closed by another holder "
-                               "(taken over as abandoned); that record stands")
+            log.warning(
+                "run_end_not_recorded",
+                run_id=run_id,
+                status=result.status,
+                reason="its history row was closed by another holder "
+                "(taken over as abandoned); that record stands",
+            )
 
-    def _write_or_defer(self, what: str, write: Callable[[Engine], object], engine: Engine,
-                        **where: str) -> object:
+    def _write_or_defer(
+        self, what: str, write: Callable[[Engine], object], engine: Engine, **where: str
+    ) -> object:
         """Write a history row now; when the database does not answer, keep the write for
         `flush_history` (and return None)."""
         try:
@@ -543,34 +651,58 @@ class Runner:
             codes = list(self.known_tenants)
         for code in codes:
             self._tenant_missed(job, code, tick_at, reason)
-        log.warning("tick_missed", job=job, tick=tick_at.isoformat(), reason=reason,
-                    tenants=len(codes))
+        log.warning(
+            "tick_missed", job=job, tick=tick_at.isoformat(), reason=reason, tenants=len(codes)
+        )
 
-    def _tenant_paused(self, job: str, tenant: str, tick_at: datetime, pause: pauses.Pause,
-                       dbs: Databases) -> TenantResult:
+    def _tenant_paused(
+        self, job: str, tenant: str, tick_at: datetime, pause: pauses.Pause, dbs: Databases
+    ) -> TenantResult:
         """Not run: paused by an operator.  Its tick gets a `skipped` row saying so."""
         write = functools.partial(
-            pauses.record_paused, job=job, tenant=tenant,
-            tick_at=naive_utc(tick_at), run_id=str(uuid.uuid4()),
-            host=self.host, pid=self.pid, pause=pause)
-        if self._write_or_defer(f"paused {job}/{tenant}", write, dbs.coordination,
-                                job=job, tenant=tenant) is False:
+            pauses.record_paused,
+            job=job,
+            tenant=tenant,
+            tick_at=naive_utc(tick_at),
+            run_id=str(uuid.uuid4()),
+            host=self.host,
+            pid=self.pid,
+            pause=pause,
+        )
+        if (
+            self._write_or_defer(
+                f"paused {job}/{tenant}", write, dbs.coordination, job=job, tenant=tenant
+            )
+            is False
+        ):
             return TenantResult(CLAIMED)
-        log.info("tenant_paused", job=job, tenant=tenant, tick=tick_at.isoformat(),
-                 reason=pause.describe())
+        log.info(
+            "tenant_paused",
+            job=job,
+            tenant=tenant,
+            tick=tick_at.isoformat(),
+            reason=pause.describe(),
+        )
         return TenantResult(RunStatus.SKIPPED, error=pause.describe())
 
-    def _tenant_missed(self, job: str, tenant: str, tick_at: datetime,
-                       reason: str) -> TenantResult:
+    def _tenant_missed(self, job: str, tenant: str, tick_at: datetime, reason: str) -> TenantResult:
         """Record that this tenant's tick did not run here (a no-op where another ran it)."""
         write = functools.partial(
-            history.record_missed, job=job, tenant=tenant,
-            tick_at=naive_utc(tick_at), run_id=str(uuid.uuid4()),
-            host=self.host, pid=self.pid, reason=reason)
-        self._write_or_defer(f"missed {job}/{tenant}", write, self.dbs.coordination,
-                             job=job, tenant=tenant)
-        log.warning("tenant_tick_missed", job=job, tenant=tenant, tick=tick_at.isoformat(),
-                    reason=reason)
+            history.record_missed,
+            job=job,
+            tenant=tenant,
+            tick_at=naive_utc(tick_at),
+            run_id=str(uuid.uuid4()),
+            host=self.host,
+            pid=self.pid,
+            reason=reason,
+        )
+        self._write_or_defer(
+            f"missed {job}/{tenant}", write, self.dbs.coordination, job=job, tenant=tenant
+        )
+        log.warning(
+            "tenant_tick_missed", job=job, tenant=tenant, tick=tick_at.isoformat(), reason=reason
+        )
         result = TenantResult(MISSED, error=reason)
         if self.metrics is not None:
             self.metrics.tick_missed(job)
@@ -611,14 +743,16 @@ class Runner:
         limits.cut_all()  # their next statement fails; the servers roll them back
         with self._lock:
             runs = [run for run in self._runs.values() if run.run_id is not None]
-        error = (f"interrupted: the daemon stopped and the run had not finished within "
-                 f"shutdown_grace ({self.settings.scheduler.shutdown_grace.total_seconds():g} s)")
+        error = (
+            f"interrupted: the daemon stopped and the run had not finished within "
+            f"shutdown_grace ({self.settings.scheduler.shutdown_grace.total_seconds():g} s)"
+        )
         for run in runs:
             if run.lease is not None:
-                self._finish(self.dbs, run.lease, TenantResult(RunStatus.INTERRUPTED,
-                                                               error=error))
-            log.error("run_interrupted", job=run.job, tenant=run.tenant, run_id=run.run_id,
-                      error=error)
+                self._finish(self.dbs, run.lease, TenantResult(RunStatus.INTERRUPTED, error=error))
+            log.error(
+                "run_interrupted", job=run.job, tenant=run.tenant, run_id=run.run_id, error=error
+            )
         return [f"{run.job}/{run.tenant}" for run in runs]
 
     def close(self) -> None:
@@ -626,13 +760,19 @@ class Runner:
         for lane in (self.pool, self.slow_lane):
             lane.shutdown(wait=False, cancel_futures=True)
         with self._lock:
-            dropped = [run for run in self._runs.values()
-                       if run.future is not None and run.future.cancelled()]
+            dropped = [
+                run
+                for run in self._runs.values()
+                if run.future is not None and run.future.cancelled()
+            ]
         for run in dropped:  # queued, never started: the tick has a row all the same
             self._tenant_missed(run.job, run.tenant, run.tick_at, DROPPED)
         left = self.flush_history()
         if left:
-            log.error("history_writes_lost", rows=left,
-                      reason="the coordination database did not answer before exit")
+            log.error(
+                "history_writes_lost",
+                rows=left,
+                reason="the coordination database did not answer before exit",
+            )
         self.leases.stop()
         self.dbs.dispose()

@@ -37,8 +37,12 @@ def make_trigger(job: JobSettings, scheduler: SchedulerSettings, jitter: bool = 
     if job.cron is not None:
         return cron_trigger(job.cron, scheduler.timezone, seconds or None)
     assert job.every is not None
-    return IntervalTrigger(seconds=int(job.every.total_seconds()), start_date=EPOCH,
-                           timezone=UTC, jitter=seconds or None)
+    return IntervalTrigger(
+        seconds=int(job.every.total_seconds()),
+        start_date=EPOCH,
+        timezone=UTC,
+        jitter=seconds or None,
+    )
 
 
 def describe_trigger(job: JobSettings, scheduler: SchedulerSettings | None = None) -> str:
@@ -54,8 +58,7 @@ def next_fire(job: JobSettings, scheduler: SchedulerSettings, now: datetime) -> 
     return fire
 
 
-def previous_fire(job: JobSettings, scheduler: SchedulerSettings,
-                  now: datetime) -> datetime | None:
+def previous_fire(job: JobSettings, scheduler: SchedulerSettings, now: datetime) -> datetime | None:
     """The latest un-jittered scheduled time at or before `now`."""
     if job.every is not None:
         return EPOCH + ((now - EPOCH) // job.every) * job.every
@@ -105,9 +108,12 @@ def plans(settings: Settings) -> dict[str, Plan]:
         job = settings.jobs.get(name)
         if job.enabled:
             grace = job.misfire_grace or settings.scheduler.misfire_grace
-            out[name] = Plan(describe_trigger(job, settings.scheduler),
-                                  job.jitter.total_seconds(), grace.total_seconds(),
-                                  job.coalesce)
+            out[name] = Plan(
+                describe_trigger(job, settings.scheduler),
+                job.jitter.total_seconds(),
+                grace.total_seconds(),
+                job.coalesce,
+            )
     return out
 
 
@@ -128,12 +134,16 @@ class Changes:
 def reconcile(old: Mapping[str, Plan], new: Mapping[str, Plan]) -> Changes:
     """What turns the scheduler holding `old` into one holding `new` (pure)."""
     both = sorted(old.keys() & new.keys())
-    reschedule = tuple(n for n in both if (old[n].trigger, old[n].jitter) !=
-                       (new[n].trigger, new[n].jitter))
+    reschedule = tuple(
+        n for n in both if (old[n].trigger, old[n].jitter) != (new[n].trigger, new[n].jitter)
+    )
     modify = tuple(n for n in both if n not in reschedule and old[n] != new[n])
-    return Changes(add=tuple(sorted(new.keys() - old.keys())),
-                   remove=tuple(sorted(old.keys() - new.keys())),
-                   reschedule=reschedule, modify=modify)
+    return Changes(
+        add=tuple(sorted(new.keys() - old.keys())),
+        remove=tuple(sorted(old.keys() - new.keys())),
+        reschedule=reschedule,
+        modify=modify,
+    )
 
 
 # ------------------------------------------------------------------ what fires now
@@ -145,8 +155,9 @@ STILL_RUNNING = "previous tick still running"
 class Trigger(Protocol):
     """What the scheduler needs of a trigger (APScheduler 3's trigger objects have it)."""
 
-    def get_next_fire_time(self, previous_fire_time: datetime | None,
-                           now: datetime) -> datetime | None: ...
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -203,8 +214,12 @@ class Due:
 
 def job_timing(job: JobSettings, scheduler: SchedulerSettings) -> Timing:
     """How a job fires, from its settings."""
-    return Timing(make_trigger(job, scheduler, jitter=False),
-                  job.misfire_grace or scheduler.misfire_grace, job.coalesce, job.jitter)
+    return Timing(
+        make_trigger(job, scheduler, jitter=False),
+        job.misfire_grace or scheduler.misfire_grace,
+        job.coalesce,
+        job.jitter,
+    )
 
 
 def lateness(run_time: datetime, grace: timedelta | None, now: datetime) -> str | None:
@@ -215,8 +230,12 @@ def lateness(run_time: datetime, grace: timedelta | None, now: datetime) -> str 
     return None
 
 
-def due(timings: Mapping[str, Timing], next_runs: Mapping[str, datetime | None],
-        now: datetime, running: Collection[str] = ()) -> Due:
+def due(
+    timings: Mapping[str, Timing],
+    next_runs: Mapping[str, datetime | None],
+    now: datetime,
+    running: Collection[str] = (),
+) -> Due:
     """What fires at `now` (pure but for the jitter drawn for the next fire times).
 
     `next_runs` holds each entry's next fire time, `running` the entries whose previous
@@ -236,8 +255,9 @@ def due(timings: Mapping[str, Timing], next_runs: Mapping[str, datetime | None],
         if timing.coalesce:
             run_times = run_times[-1:]
         for run_time in run_times:
-            why = STILL_RUNNING if name in running else lateness(
-                run_time, timing.misfire_grace, now)
+            why = (
+                STILL_RUNNING if name in running else lateness(run_time, timing.misfire_grace, now)
+            )
             firings.append(Firing(name, run_time, why))
         following[name] = fire
     return Due(tuple(firings), following)
@@ -259,8 +279,9 @@ class _Every:
 
     interval: timedelta | None
 
-    def get_next_fire_time(self, previous_fire_time: datetime | None,
-                           now: datetime) -> datetime | None:
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
         if previous_fire_time is None:
             return now
         return previous_fire_time + self.interval if self.interval else None
@@ -285,8 +306,13 @@ class Scheduler:
     (`call`) run one after another on a thread of their own.
     """
 
-    def __init__(self, on_tick: Tick, on_missed: Missed, clock: Clock,
-                 workers: int = len(JobsSettings.names()) + 1) -> None:
+    def __init__(
+        self,
+        on_tick: Tick,
+        on_missed: Missed,
+        clock: Clock,
+        workers: int = len(JobsSettings.names()) + 1,
+    ) -> None:
         self.on_tick, self.on_missed, self.clock = on_tick, on_missed, clock
         self.held: dict[str, Plan] = {}
         self._entries: dict[str, _Entry] = {}
@@ -321,8 +347,13 @@ class Scheduler:
 
     def _job(self, name: str, settings: Settings) -> _Entry:
         timing = job_timing(settings.jobs.get(name), settings.scheduler)
-        return _Entry(timing, self._ticks, functools.partial(self.on_tick, name),
-                      functools.partial(self.on_missed, name), {"job": name})
+        return _Entry(
+            timing,
+            self._ticks,
+            functools.partial(self.on_tick, name),
+            functools.partial(self.on_missed, name),
+            {"job": name},
+        )
 
     def call(self, name: str, fn: Callable[[], None], every: timedelta | None = None) -> None:
         """Run `fn` when the scheduler starts (now, if it runs), then every `every` (None:
@@ -333,11 +364,20 @@ class Scheduler:
                 raise ValueError(f"{name!r} is scheduled already")
 
             def skipped(run_time: datetime, _why: str) -> None:  # calls are never late
-                log.warning("call_skipped", call=name, run_time=run_time.isoformat(),
-                            reason="previous call still running")
+                log.warning(
+                    "call_skipped",
+                    call=name,
+                    run_time=run_time.isoformat(),
+                    reason="previous call still running",
+                )
 
-            self._entries[name] = _Entry(Timing(_Every(every), None), self._calls,
-                                         lambda _run_time: fn(), skipped, {"call": name})
+            self._entries[name] = _Entry(
+                Timing(_Every(every), None),
+                self._calls,
+                lambda _run_time: fn(),
+                skipped,
+                {"call": name},
+            )
             self._next[name] = self._first(name, self.clock.now())
             self._wake.notify()
 
@@ -410,17 +450,21 @@ class Scheduler:
         """Run or record each firing; a firing that waited past its grace is missed."""
         try:
             for firing in batch:
-                why = firing.missed or lateness(firing.run_time, entry.timing.misfire_grace,
-                                                self.clock.now())
+                why = firing.missed or lateness(
+                    firing.run_time, entry.timing.misfire_grace, self.clock.now()
+                )
                 try:
                     if why is None:
                         entry.run(firing.run_time)
                     else:
                         entry.missed(firing.run_time, why)
                 except Exception as exc:
-                    log.exception("scheduled_firing_failed", **entry.names,
-                                  run_time=firing.run_time.isoformat(),
-                                  error=f"{type(exc).__name__}: {exc}")
+                    log.exception(
+                        "scheduled_firing_failed",
+                        **entry.names,
+                        run_time=firing.run_time.isoformat(),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
         finally:
             if owns:
                 with self._wake:

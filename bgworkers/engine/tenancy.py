@@ -85,11 +85,14 @@ def _organizations(core_engine: Engine) -> list[_Org]:
     org = core.organization
     with core_engine.connect() as conn:
         rows = conn.execute(
-            select(org.c.id_org, org.c.code, org.c.name, org.c.status, org.c.org_serial_code)
-            .order_by(org.c.id_org)
+            select(
+                org.c.id_org, org.c.code, org.c.name, org.c.status, org.c.org_serial_code
+            ).order_by(org.c.id_org)
         ).all()
-    return [_Org(int(r.id_org), _text(r.code), str(r.name), r.status, _text(r.org_serial_code))
-            for r in rows]
+    return [
+        _Org(int(r.id_org), _text(r.code), str(r.name), r.status, _text(r.org_serial_code))
+        for r in rows
+    ]
 
 
 def database_identity(url: URL) -> tuple[str, ...]:
@@ -101,9 +104,13 @@ def database_identity(url: URL) -> tuple[str, ...]:
         return (kind, name if file is None else str(Path(file).expanduser().resolve()))
     default_ports = {"mysql": "3306", "mariadb": "3306", "postgresql": "5432"}
     socket = url.query.get("unix_socket", "")
-    return (kind, (url.host or "localhost").lower(),
-            str(url.port) if url.port else default_ports.get(kind, ""),
-            socket if isinstance(socket, str) else ",".join(socket), name)
+    return (
+        kind,
+        (url.host or "localhost").lower(),
+        str(url.port) if url.port else default_ports.get(kind, ""),
+        socket if isinstance(socket, str) else ",".join(socket),
+        name,
+    )
 
 
 def _refusal(org: _Org) -> str | None:
@@ -161,8 +168,10 @@ def resolve(settings: Settings, core_engine: Engine, code: str) -> Tenant:
         hint = f"; did you mean {' or '.join(map(repr, variants))}?" if variants else ""
         raise TenantError(f"tenant {code}: not in core organization{hint}")
     if not is_active(org.status):
-        raise TenantError(f"tenant {code}: organization id {org.id} is not active "
-                          f"(status {_text(org.status)!r}); only active tenants can be named")
+        raise TenantError(
+            f"tenant {code}: organization id {org.id} is not active "
+            f"(status {_text(org.status)!r}); only active tenants can be named"
+        )
     tenants, problems = _classify(settings, orgs, str(core_engine.url))
     for tenant in tenants:
         if tenant.id == org.id:
@@ -170,12 +179,14 @@ def resolve(settings: Settings, core_engine: Engine, code: str) -> Tenant:
     for problem in problems:
         if problem.id == org.id:
             raise TenantError(problem.error)
-    raise TenantError(f"tenant {code}: not served with these settings "
-                      "(left out by [tenants] include/exclude)")
+    raise TenantError(
+        f"tenant {code}: not served with these settings (left out by [tenants] include/exclude)"
+    )
 
 
-def _classify(settings: Settings, orgs: Sequence[_Org],
-              core_label: str) -> tuple[list[Tenant], list[TenantProblem]]:
+def _classify(
+    settings: Settings, orgs: Sequence[_Org], core_label: str
+) -> tuple[list[Tenant], list[TenantProblem]]:
     include, exclude = set(settings.tenants.include), set(settings.tenants.exclude)
     active = [o for o in orgs if is_active(o.status)]
     _warn_case_mismatches(settings, active, core_label)
@@ -220,14 +231,19 @@ def _collisions(settings: Settings, orgs: Sequence[_Org]) -> dict[int, str]:
         for a in members:
             for b in members:
                 if a.id != b.id:
-                    why = ("the same code ignoring case" if kind == "code"
-                           else f"the same database {shown[a.id]}")
+                    why = (
+                        "the same code ignoring case"
+                        if kind == "code"
+                        else f"the same database {shown[a.id]}"
+                    )
                     reasons.setdefault(a.id, {}).setdefault(b.id, []).append(why)
     by_id = {o.id: o for o in orgs}
     for a_id, others in reasons.items():
         named = ", ".join(f"{by_id[b].label} ({' and '.join(why)})" for b, why in others.items())
-        errors[a_id] = (f"tenant {by_id[a_id].label} refused: it collides with {named}; "
-                        "neither is served until one is renamed, deactivated or excluded")
+        errors[a_id] = (
+            f"tenant {by_id[a_id].label} refused: it collides with {named}; "
+            "neither is served until one is renamed, deactivated or excluded"
+        )
     return errors
 
 
@@ -252,9 +268,14 @@ def _warn_case_mismatches(settings: Settings, active: Sequence[_Org], core_label
             if (core_label, setting, key) in _warned:
                 continue
             _warned.add((core_label, setting, key))
-        log.warning("tenant_code_case_mismatch", setting=setting, key=key, tenants=matches,
-                    detail=f"[{setting}] {key!r} applies to no tenant: codes match exactly "
-                           f"(did you mean {' or '.join(map(repr, matches))}?)")
+        log.warning(
+            "tenant_code_case_mismatch",
+            setting=setting,
+            key=key,
+            tenants=matches,
+            detail=f"[{setting}] {key!r} applies to no tenant: codes match exactly "
+            f"(did you mean {' or '.join(map(repr, matches))}?)",
+        )
 
 
 class Databases:
@@ -278,7 +299,8 @@ class Databases:
         self._sqlite: OrderedDict[str, Engine] = OrderedDict()  # most recently used last
         workers = settings.scheduler.max_workers
         self.server_connections = max(
-            settings.database.pool_size + settings.database.max_overflow, 2 * (workers + 2))
+            settings.database.pool_size + settings.database.max_overflow, 2 * (workers + 2)
+        )
         self.sqlite_warm = 2 * workers + 4
         self._lock = threading.Lock()
 
@@ -304,8 +326,12 @@ class Databases:
         pool = self._servers.get(key)
         if pool is None:
             database = self.settings.database
-            pool = make_engine(server, database, self.io_timeout, max_overflow=max(
-                0, self.server_connections - database.pool_size))
+            pool = make_engine(
+                server,
+                database,
+                self.io_timeout,
+                max_overflow=max(0, self.server_connections - database.pool_size),
+            )
             self._servers[key] = pool
         return DatabaseEngine(pool, url)
 
@@ -318,8 +344,9 @@ class Databases:
 
     @property
     def coordination(self) -> Engine:
-        return self.engine(self.settings.database.coordination_url or
-                           self.settings.database.core_url)
+        return self.engine(
+            self.settings.database.coordination_url or self.settings.database.core_url
+        )
 
     def tenant(self, code: str) -> Engine:
         return self.engine(self.settings.tenant_url(code))

@@ -35,8 +35,14 @@ SERIAL_CONSISTENCY = JobSpec(
     serial_consistency.COUNTERS,
     serial_consistency.run,
     lease_group="serials",  # shares rows with serial_outbox: never both at once for a tenant
-    tables=(tenant.job_ticket_serial, tenant.flow_token, tenant.job_ticket,
-            tenant.serial_quarantine, tenant.serial_link_outbox, core.serial_registry),
+    tables=(
+        tenant.job_ticket_serial,
+        tenant.flow_token,
+        tenant.job_ticket,
+        tenant.serial_quarantine,
+        tenant.serial_link_outbox,
+        core.serial_registry,
+    ),
     alerts=(Rule("alert_quarantine_spike", "warning", "quarantined", "quarantined_per_run"),),
 )
 SERIAL_OUTBOX = JobSpec(
@@ -47,25 +53,41 @@ SERIAL_OUTBOX = JobSpec(
     serial_outbox.run,
     lease_group="serials",
     tables=(tenant.serial_link_outbox, core.serial_registry),
-    alerts=(Rule("alert_outbox_dead", "error", "marked_dead", "outbox_dead_per_run"),
-            Rule("alert_outbox_failed_retries", "warning", "failed_retry",
-                 "failed_retries_per_run")),
+    alerts=(
+        Rule("alert_outbox_dead", "error", "marked_dead", "outbox_dead_per_run"),
+        Rule("alert_outbox_failed_retries", "warning", "failed_retry", "failed_retries_per_run"),
+    ),
     watch_alerts=(OUTBOX_BACKLOG,),
 )
 
 
 def _dashboard(tier: str, settings: type[Tier]) -> JobSpec[Tier]:
-    return JobSpec(f"dashboard_{tier}", settings, f"refresh the {tier} dashboard tier",
-                   dashboard.COUNTERS, dashboard.run)
+    return JobSpec(
+        f"dashboard_{tier}",
+        settings,
+        f"refresh the {tier} dashboard tier",
+        dashboard.COUNTERS,
+        dashboard.run,
+    )
 
 
 DASHBOARD_FAST = _dashboard("fast", DashboardFastSettings)
 DASHBOARD_MEDIUM = _dashboard("medium", DashboardMediumSettings)
 DASHBOARD_SLOW = _dashboard("slow", DashboardSlowSettings)
-HEARTBEAT = JobSpec("heartbeat", HeartbeatSettings, "check that every tenant database answers",
-                    heartbeat.COUNTERS, heartbeat.run)
+HEARTBEAT = JobSpec(
+    "heartbeat",
+    HeartbeatSettings,
+    "check that every tenant database answers",
+    heartbeat.COUNTERS,
+    heartbeat.run,
+)
 
 REGISTRY: tuple[JobSpec[Any], ...] = (
-    SERIAL_CONSISTENCY, SERIAL_OUTBOX, DASHBOARD_FAST, DASHBOARD_MEDIUM, DASHBOARD_SLOW, HEARTBEAT,
+    SERIAL_CONSISTENCY,
+    SERIAL_OUTBOX,
+    DASHBOARD_FAST,
+    DASHBOARD_MEDIUM,
+    DASHBOARD_SLOW,
+    HEARTBEAT,
 )
 BY_NAME = {spec.name: spec for spec in REGISTRY}

@@ -110,5 +110,7 @@ def widen_enum(table: sa.Table, name: str) -> None:
     if comment:
         parts.append(f"COMMENT {sql_text(d, str(comment))}")
     quote = d.identifier_preparer.quote
-    p.add(f"values {', '.join(new)} of ENUM {table.name}.{name}",
-          f"ALTER TABLE {quote(table.name)} MODIFY COLUMN {quote(name)} {' '.join(parts)}")
+    p.add(
+        f"values {', '.join(new)} of ENUM {table.name}.{name}",
+        f"ALTER TABLE {quote(table.name)} MODIFY COLUMN {quote(name)} {' '.join(parts)}",
+    )

@@ -24,8 +24,11 @@ serial_registry = Table(
     Column("serial_code", BinaryString64, nullable=False, unique=True),
     Column("tenant_id", Integer, nullable=False),
     Column("org_code", String(50), nullable=False),
-    Column("production_type", Enum("hatthasilpa", "oem", "classic", name="production_type"),
-           nullable=False),
+    Column(
+        "production_type",
+        Enum("hatthasilpa", "oem", "classic", name="production_type"),
+        nullable=False,
+    ),
     Column("sku", String(64)),
     Column("job_ticket_id", Integer),
     Column("dag_token_id", BigId),
@@ -33,8 +36,12 @@ serial_registry = Table(
     Column("hash_signature", String(64)),
     Column("hash_salt_version", Integer),
     Column("checksum", CHAR(1)),
-    Column("serial_scope", Enum("piece", "batch", name="serial_scope"), nullable=False,
-           server_default="piece"),
+    Column(
+        "serial_scope",
+        Enum("piece", "batch", name="serial_scope"),
+        nullable=False,
+        server_default="piece",
+    ),
     Column("created_at", DateTime, nullable=False),  # UTC
     Index("ix_serial_registry_tenant_created", "tenant_id", "created_at"),
     Index("ix_serial_registry_dag_token", "dag_token_id"),

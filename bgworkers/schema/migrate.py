@@ -81,8 +81,9 @@ class Plan:
         return [c.what for s in self.steps for c in s.changes if c.shown]
 
     def label(self) -> str:
-        return ", ".join(s.revision if not s.recorded else f"{s.revision} (again)"
-                         for s in self.todo)
+        return ", ".join(
+            s.revision if not s.recorded else f"{s.revision} (again)" for s in self.todo
+        )
 
 
 class Planner:
@@ -165,7 +166,8 @@ def _current(conn: Connection) -> str | None:
 def _version_table() -> Table:
     """The version table as Alembic makes it."""
     return Table(
-        VERSION_TABLE, MetaData(),
+        VERSION_TABLE,
+        MetaData(),
         Column("version_num", String(32), nullable=False),
         PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
     )
@@ -202,12 +204,16 @@ def plan(conn: Connection, chain: Chain) -> Plan:
             if not p.has_table(VERSION_TABLE):
                 sql.append(str(CreateTable(_version_table()).compile(dialect=conn.dialect)).strip())
                 p.created_table(_version_table())
-            sql.append(f"INSERT INTO {VERSION_TABLE} (version_num) "
-                       f"VALUES ({sql_text(conn.dialect, step.revision)})")
+            sql.append(
+                f"INSERT INTO {VERSION_TABLE} (version_num) "
+                f"VALUES ({sql_text(conn.dialect, step.revision)})"
+            )
         else:
-            sql.append(f"UPDATE {VERSION_TABLE} SET version_num = "
-                       f"{sql_text(conn.dialect, step.revision)} "
-                       f"WHERE version_num = {sql_text(conn.dialect, last)}")
+            sql.append(
+                f"UPDATE {VERSION_TABLE} SET version_num = "
+                f"{sql_text(conn.dialect, step.revision)} "
+                f"WHERE version_num = {sql_text(conn.dialect, last)}"
+            )
         result.version_sql[step.revision] = sql
         last = step.revision
     return result

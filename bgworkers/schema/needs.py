@@ -73,18 +73,35 @@ CORE_NEEDS = (
 )
 OWN_NEEDS = (Need(own.run, None), Need(own.lease, None))
 TENANT_NEEDS = (
-    *(_erp(t, PRODUCTION) for t in (
-        tenant.routing_graph, tenant.routing_node, tenant.team, tenant.team_member,
-        tenant.job_ticket, tenant.job_graph_instance, tenant.flow_token,
-        tenant.token_assignment, tenant.token_event)),
-    *(_erp(t, SERIALS) for t in (
-        tenant.job_ticket_serial, tenant.serial_link_outbox, tenant.serial_quarantine)),
-    *(_dashboard(t) for t in (
-        tenant.mv_token_flow_summary, tenant.mv_node_bottlenecks, tenant.mv_team_workload,
-        tenant.mv_cycle_time_analytics)),
+    *(
+        _erp(t, PRODUCTION)
+        for t in (
+            tenant.routing_graph,
+            tenant.routing_node,
+            tenant.team,
+            tenant.team_member,
+            tenant.job_ticket,
+            tenant.job_graph_instance,
+            tenant.flow_token,
+            tenant.token_assignment,
+            tenant.token_event,
+        )
+    ),
+    *(
+        _erp(t, SERIALS)
+        for t in (tenant.job_ticket_serial, tenant.serial_link_outbox, tenant.serial_quarantine)
+    ),
+    *(
+        _dashboard(t)
+        for t in (
+            tenant.mv_token_flow_summary,
+            tenant.mv_node_bottlenecks,
+            tenant.mv_team_workload,
+            tenant.mv_cycle_time_analytics,
+        )
+    ),
     # no documented DDL: created when absent; an install's own table is used as it is
-    Need(tenant.mv_dashboard_trends, ("id", "snapshot_at"), DASHBOARD,
-         created_when_absent=True),
+    Need(tenant.mv_dashboard_trends, ("id", "snapshot_at"), DASHBOARD, created_when_absent=True),
     Need(tenant.node_visit, None),
 )
 BY_NAME = {need.name: need for need in (*CORE_NEEDS, *OWN_NEEDS, *TENANT_NEEDS)}
@@ -119,8 +136,11 @@ def problems(bind: Engine | Connection, tables: Iterable[Table]) -> list[str]:
             out.append(f"table {table.name} is missing; {need.fix()}")
             continue
         have = {c["name"] for c in insp.get_columns(table.name)}
-        out += [f"table {table.name} has no column {c.name}; {need.fix(c.name)}"
-                for c in table.columns if c.name not in have]
+        out += [
+            f"table {table.name} has no column {c.name}; {need.fix(c.name)}"
+            for c in table.columns
+            if c.name not in have
+        ]
     return out
 
 

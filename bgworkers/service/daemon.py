@@ -58,15 +58,18 @@ class Daemon:
 
     def _tick_done(self, result: TickResult) -> None:
         states = Counter(r.status for r in result.tenants.values())
-        self.last_tick = (f"{result.job} at {result.tick_at:%H:%M:%S}: " + ", ".join(
-            f"{states[s]} {s}" for s in ("ok", "failed", "skipped", "missed")
-            if states[s] or s in ("ok", "failed")))
+        self.last_tick = f"{result.job} at {result.tick_at:%H:%M:%S}: " + ", ".join(
+            f"{states[s]} {s}"
+            for s in ("ok", "failed", "skipped", "missed")
+            if states[s] or s in ("ok", "failed")
+        )
         notify(f"STATUS={self.status()}")
 
     def _missed(self, job: str, run_time: datetime, reason: str) -> None:
         settings = self.settings
         self.runner.record_missed(
-            job, tick_identity(settings.jobs.get(job), settings.scheduler, run_time), reason)
+            job, tick_identity(settings.jobs.get(job), settings.scheduler, run_time), reason
+        )
 
     def _catch_up(self) -> None:
         """Run once, per tenant, the last tick of each `catch_up` job that no daemon ran
@@ -83,17 +86,17 @@ class Daemon:
             except (SQLAlchemyError, limits.RunTimedOut) as exc:
                 log.warning("catch_up_failed", job=spec.name, error=error_line(exc))
                 continue
-            behind = {code for code, at in last.items()
-                      if at < tick.astimezone(UTC).replace(tzinfo=None)}
+            behind = {
+                code for code, at in last.items() if at < tick.astimezone(UTC).replace(tzinfo=None)
+            }
             if behind:
-                log.info("catch_up", job=spec.name, tick=tick.isoformat(),
-                         tenants=sorted(behind))
-                self.runner.tick(spec.name, tick, among=behind, wait=False,
-                                 on_done=self._tick_done)
+                log.info("catch_up", job=spec.name, tick=tick.isoformat(), tenants=sorted(behind))
+                self.runner.tick(spec.name, tick, among=behind, wait=False, on_done=self._tick_done)
 
     def _housekeeping(self) -> None:
-        cutoff = history.retention_cutoff(self.clock.now(),
-                                          self.settings.scheduler.history_retention)
+        cutoff = history.retention_cutoff(
+            self.clock.now(), self.settings.scheduler.history_retention
+        )
         try:
             with limits.limited(HOUSEKEEPING_LIMIT):
                 deleted = history.prune(self.runner.dbs.coordination, cutoff)
@@ -119,8 +122,10 @@ class Daemon:
             at, error = last_error
             text += f"; last error {at.astimezone(UTC):%H:%M:%S} UTC: {error.splitlines()[0]}"
         if self.reload_error:
-            text = (f"reload failed, running on previous settings: "
-                    f"{self.reload_error.splitlines()[0]}; {text}")
+            text = (
+                f"reload failed, running on previous settings: "
+                f"{self.reload_error.splitlines()[0]}; {text}"
+            )
         return text[:500]
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -140,8 +145,13 @@ class Daemon:
             self.metrics.start(self.settings, self.runner.dbs, self.clock.now())
             self.metrics.serve(self.settings.metrics.listen)
         self.scheduler.start()
-        log.info("daemon_started", pid=os.getpid(), config=str(self.config),
-                 ms=int((time.monotonic() - started) * 1000), jobs=self._next_runs())
+        log.info(
+            "daemon_started",
+            pid=os.getpid(),
+            config=str(self.config),
+            ms=int((time.monotonic() - started) * 1000),
+            jobs=self._next_runs(),
+        )
         notify("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
         ping = watchdog_interval()
         while True:
@@ -157,8 +167,10 @@ class Daemon:
                 notify("WATCHDOG=1")
 
     def _next_runs(self) -> dict[str, str]:
-        return {name: f"{fire:%Y-%m-%d %H:%M:%S%z}" if fire else "paused"
-                for name, fire in self.scheduler.next_fire_times().items()}
+        return {
+            name: f"{fire:%Y-%m-%d %H:%M:%S%z}" if fire else "paused"
+            for name, fire in self.scheduler.next_fire_times().items()
+        }
 
     def reload(self) -> None:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -177,9 +189,12 @@ class Daemon:
         changes = self.scheduler.apply(new)
         self.runner.update(new)
         self.settings, self.reload_error = new, None
-        log.info("reload_applied", **changes.describe(),
-                 settings_changed=changed_sections(old, new),
-                 jobs=self._next_runs())
+        log.info(
+            "reload_applied",
+            **changes.describe(),
+            settings_changed=changed_sections(old, new),
+            jobs=self._next_runs(),
+        )
         notify("READY=1", f"STATUS={self.status()}")
 
     def stop(self) -> int:

@@ -36,23 +36,31 @@ class Target:
 def core_targets(settings: Settings) -> list[Target]:
     db = settings.database
     if db.coordination_url in (None, db.core_url):
-        return [Target("core", db.core_url, core.metadata, ("coordination",),
-                       (*needs.CORE_NEEDS, *needs.OWN_NEEDS))]
+        return [
+            Target(
+                "core",
+                db.core_url,
+                core.metadata,
+                ("coordination",),
+                (*needs.CORE_NEEDS, *needs.OWN_NEEDS),
+            )
+        ]
     return [
         Target("core", db.core_url, core.metadata, (), needs.CORE_NEEDS),
-        Target("coordination", db.coordination_url or "", None, ("coordination",),
-               needs.OWN_NEEDS),
+        Target("coordination", db.coordination_url or "", None, ("coordination",), needs.OWN_NEEDS),
     ]
 
 
 def tenant_target(settings: Settings, code: str) -> Target:
     baseline = tenant.define(MetaData(), erp_baseline=True)
-    return Target(f"tenant {code}", settings.tenant_url(code), baseline, ("tenant",),
-                  needs.TENANT_NEEDS)
+    return Target(
+        f"tenant {code}", settings.tenant_url(code), baseline, ("tenant",), needs.TENANT_NEEDS
+    )
 
 
-def _tenant_targets(settings: Settings, dbs: Databases, codes: list[str] | None,
-                    out: Out) -> Iterator[Target]:
+def _tenant_targets(
+    settings: Settings, dbs: Databases, codes: list[str] | None, out: Out
+) -> Iterator[Target]:
     tenants, problems = discover(settings, dbs.core)
     for problem in problems:
         out(f"tenant {problem.code}: {problem.error}")
@@ -105,8 +113,7 @@ def _init_one(target: Target, dbs: Databases, out: Out) -> int:
     return 0
 
 
-def upgrade(settings: Settings, dbs: Databases, code: str | None, dry_run: bool,
-            out: Out) -> int:
+def upgrade(settings: Settings, dbs: Databases, code: str | None, dry_run: bool, out: Out) -> int:
     """Apply what each database still needs; dry run: print exactly those statements.
 
     The dry run's output is SQL as a whole: one `-- ` line per database and
@@ -173,8 +180,7 @@ def _missing(target: Target, dbs: Databases) -> list[str]:
         column = item.split(".", 1)[1] if "." in item else None
         by_fix.setdefault(needs.BY_NAME[name].fix(column), []).append(item)
     out += [f"{'; '.join(items)} ({fix})" for fix, items in by_fix.items()]
-    ours = [what for chain in target.chains
-            for what in migrate.make_plan(engine, chain).missing()]
+    ours = [what for chain in target.chains for what in migrate.make_plan(engine, chain).missing()]
     if ours:
         out.append(f"{'; '.join(ours)} ({needs.UPGRADE})")
     return out

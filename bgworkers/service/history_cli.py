@@ -45,6 +45,7 @@ STATUSES = tuple(s.value for s in RunStatus)
 def since_type(now: Callable[[], datetime]) -> Callable[[str], datetime]:
     """--since: an ISO time (naive means UTC) or a duration ago: 90s, 30m, 2h, 1d, 1w,
     or a sum such as 1d12h.  Aware UTC."""
+
     def parse(text: str) -> datetime:
         value = text.strip()
         if value and _AGO.sub("", value) == "":
@@ -55,8 +56,10 @@ def since_type(now: Callable[[], datetime]) -> Callable[[str], datetime]:
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is neither an ISO time (2026-12-01T08:00, UTC unless an offset is "
-                f"given) nor a duration ago (30m, 2h, 1d, 1w)") from None
+                f"given) nor a duration ago (30m, 2h, 1d, 1w)"
+            ) from None
         return aware_utc(at)
+
     return parse
 
 
@@ -67,7 +70,8 @@ def statuses_type(text: str) -> list[str]:
     if bad or not values:
         raise argparse.ArgumentTypeError(
             f"invalid status {', '.join(map(repr, bad)) or repr(text)}; "
-            f"valid: {', '.join(STATUSES)}")
+            f"valid: {', '.join(STATUSES)}"
+        )
     return values
 
 
@@ -104,12 +108,21 @@ class Row:
         return duration_s(self.started_at, self.ended_at)
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "job": self.job, "tenant": self.tenant,
-                "tick_at": iso(self.tick_at), "started_at": iso(self.started_at),
-                "ended_at": iso(self.ended_at), "duration_s": self.duration_s,
-                "status": self.status, "host": self.host, "pid": self.pid,
-                "run_id": self.run_id, "counters": self.counters,
-                "error": headline(self.error, JSON_ERROR_CHARS)}
+        return {
+            "id": self.id,
+            "job": self.job,
+            "tenant": self.tenant,
+            "tick_at": iso(self.tick_at),
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "duration_s": self.duration_s,
+            "status": self.status,
+            "host": self.host,
+            "pid": self.pid,
+            "run_id": self.run_id,
+            "counters": self.counters,
+            "error": headline(self.error, JSON_ERROR_CHARS),
+        }
 
 
 def _counters(text: str | None) -> dict[str, Any]:
@@ -122,9 +135,15 @@ def _counters(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def read(engine: Engine, *, job: str | None = None, tenant: str | None = None,
-         since: datetime | None = None, statuses: Sequence[str] | None = None,
-         limit: int = DEFAULT_LIMIT) -> tuple[list[Row], bool]:
+def read(
+    engine: Engine,
+    *,
+    job: str | None = None,
+    tenant: str | None = None,
+    since: datetime | None = None,
+    statuses: Sequence[str] | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[Row], bool]:
     """The newest `limit` runs matching the filters, and whether older ones match too."""
     c = run.c
     query = select(run)
@@ -139,10 +158,23 @@ def read(engine: Engine, *, job: str | None = None, tenant: str | None = None,
     query = query.order_by(c.started_at.desc(), c.id.desc()).limit(limit + 1)
     with limits.limited(READ_LIMIT), engine.connect() as conn:
         found = conn.execute(query).all()
-    rows = [Row(int(r.id), r.job, r.tenant, aware_utc(r.tick_at), aware_utc(r.started_at),
-                aware_utc(r.ended_at) if r.ended_at is not None else None, r.status, r.host,
-                int(r.pid), r.run_id, _counters(r.counters), r.error)
-            for r in found[:limit]]
+    rows = [
+        Row(
+            int(r.id),
+            r.job,
+            r.tenant,
+            aware_utc(r.tick_at),
+            aware_utc(r.started_at),
+            aware_utc(r.ended_at) if r.ended_at is not None else None,
+            r.status,
+            r.host,
+            int(r.pid),
+            r.run_id,
+            _counters(r.counters),
+            r.error,
+        )
+        for r in found[:limit]
+    ]
     return rows, len(found) > limit
 
 
@@ -152,7 +184,7 @@ def read(engine: Engine, *, job: str | None = None, tenant: str | None = None,
 def _short_counters(counters: dict[str, Any]) -> str:
     """The counters that are not zero, cut to COUNTER_CHARS."""
     text = " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-"
-    return text if len(text) <= COUNTER_CHARS else text[:COUNTER_CHARS - 1] + "…"
+    return text if len(text) <= COUNTER_CHARS else text[: COUNTER_CHARS - 1] + "…"
 
 
 def _took(row: Row) -> str:
@@ -163,35 +195,76 @@ def _took(row: Row) -> str:
 def render(rows: list[Row], more: bool, limit: int) -> list[str]:
     if not rows:
         return ["no runs match"]
-    header = ("TICK (UTC)", "STARTED (UTC)", "TOOK", "OUTCOME", "JOB", "TENANT", "HOST",
-              "COUNTERS", "ERROR")
+    header = (
+        "TICK (UTC)",
+        "STARTED (UTC)",
+        "TOOK",
+        "OUTCOME",
+        "JOB",
+        "TENANT",
+        "HOST",
+        "COUNTERS",
+        "ERROR",
+    )
     table = [header] + [
-        (f"{r.tick_at:%Y-%m-%d %H:%M:%S}", f"{r.started_at:%Y-%m-%d %H:%M:%S}", _took(r),
-         r.status, r.job, r.tenant, r.host, _short_counters(r.counters),
-         headline(r.error, TEXT_ERROR_CHARS) or "")
-        for r in rows]
+        (
+            f"{r.tick_at:%Y-%m-%d %H:%M:%S}",
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            _took(r),
+            r.status,
+            r.job,
+            r.tenant,
+            r.host,
+            _short_counters(r.counters),
+            headline(r.error, TEXT_ERROR_CHARS) or "",
+        )
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
     if more:
-        lines.append(f"(the newest {limit} shown; older runs match too: "
-                     f"use --limit or --since)")
+        lines.append(f"(the newest {limit} shown; older runs match too: use --limit or --since)")
     return lines
 
 
-def show(engine: Engine, out: Out, err: Out, *, job: str | None, tenant: str | None,
-         since: datetime | None, statuses: Sequence[str] | None, limit: int,
-         as_json: bool, label: str) -> int:
+def show(
+    engine: Engine,
+    out: Out,
+    err: Out,
+    *,
+    job: str | None,
+    tenant: str | None,
+    since: datetime | None,
+    statuses: Sequence[str] | None,
+    limit: int,
+    as_json: bool,
+    label: str,
+) -> int:
     try:
-        rows, more = read(engine, job=job, tenant=tenant, since=since, statuses=statuses,
-                          limit=limit)
+        rows, more = read(
+            engine, job=job, tenant=tenant, since=since, statuses=statuses, limit=limit
+        )
     except (SQLAlchemyError, limits.RunTimedOut) as exc:
         err(f"bgworkers history: cannot read run history from {label}: {error_line(exc)}")
         return EXIT_UNREADABLE
     if as_json:
-        out(json.dumps({"runs": [r.as_json() for r in rows], "limit": limit, "more": more,
-                        "filters": {"job": job, "tenant": tenant, "since": iso(since),
-                                    "status": list(statuses) if statuses else None}}))
+        out(
+            json.dumps(
+                {
+                    "runs": [r.as_json() for r in rows],
+                    "limit": limit,
+                    "more": more,
+                    "filters": {
+                        "job": job,
+                        "tenant": tenant,
+                        "since": iso(since),
+                        "status": list(statuses) if statuses else None,
+                    },
+                }
+            )
+        )
     else:
         for line in render(rows, more, limit):
             out(line)

@@ -86,47 +86,91 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_start_time_seconds: "since start" in rules
-        self.runs = Counter("bgworkers_runs", "Tenant runs by final status",
-                            ["job_name", "tenant", "status"], registry=r)
-        self.duration = Histogram("bgworkers_run_duration_seconds", "Tenant run duration",
-                                  ["job_name"], registry=r,
-                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-                                           300, 900))
-        self.last_success = Gauge("bgworkers_last_success_timestamp_seconds",
-                                  "End of the last successful run (restored from run history "
-                                  "at start)", ["job_name", "tenant"], registry=r)
-        self.lease_skips = Counter("bgworkers_lease_skips", "Runs skipped: lease held elsewhere",
-                                   ["job_name", "tenant"], registry=r)
-        self.missed = Counter("bgworkers_missed_ticks", "Ticks not run (late or overlapping)",
-                              ["job_name"], registry=r)
-        self.alerts = Counter("bgworkers_alerts", "Alert events logged",
-                              ["event", "job_name", "tenant"], registry=r)
-        self.interval = Gauge("bgworkers_job_interval_seconds",
-                              "Interval between ticks of each enabled job", ["job_name"],
-                              registry=r)
-        self.build_info = Gauge("bgworkers_build_info", "Version of bgworkers and of Python",
-                                ["version", "python"], registry=r)
+        self.runs = Counter(
+            "bgworkers_runs",
+            "Tenant runs by final status",
+            ["job_name", "tenant", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "bgworkers_run_duration_seconds",
+            "Tenant run duration",
+            ["job_name"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+        )
+        self.last_success = Gauge(
+            "bgworkers_last_success_timestamp_seconds",
+            "End of the last successful run (restored from run history at start)",
+            ["job_name", "tenant"],
+            registry=r,
+        )
+        self.lease_skips = Counter(
+            "bgworkers_lease_skips",
+            "Runs skipped: lease held elsewhere",
+            ["job_name", "tenant"],
+            registry=r,
+        )
+        self.missed = Counter(
+            "bgworkers_missed_ticks",
+            "Ticks not run (late or overlapping)",
+            ["job_name"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "bgworkers_alerts", "Alert events logged", ["event", "job_name", "tenant"], registry=r
+        )
+        self.interval = Gauge(
+            "bgworkers_job_interval_seconds",
+            "Interval between ticks of each enabled job",
+            ["job_name"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "bgworkers_build_info",
+            "Version of bgworkers and of Python",
+            ["version", "python"],
+            registry=r,
+        )
         self.backlog_threshold = Gauge(
             "bgworkers_outbox_backlog_threshold_seconds",
             "alerts.outbox_oldest_pending: the oldest pending outbox row may be this old",
-            registry=r)
-        self.outbox = Gauge("bgworkers_outbox_rows", "Outbox rows by status",
-                            ["tenant", "status"], registry=r)
-        self.outbox_age = Gauge("bgworkers_outbox_oldest_pending_age_seconds",
-                                "Age of the oldest pending outbox row (0: none)", ["tenant"],
-                                registry=r)
-        self.quarantined = Gauge("bgworkers_quarantine_open", "Open quarantine rows by reason",
-                                 ["tenant", "reason"], registry=r)
-        self.watch_fresh = Gauge("bgworkers_watch_last_success_timestamp_seconds",
-                                 "When the outbox and quarantine gauges of a tenant were last "
-                                 "read", ["tenant"], registry=r)
-        self.watch_up = Gauge("bgworkers_watch_up",
-                              "1 when the last outbox/quarantine poll of a tenant succeeded, "
-                              "0 when it failed (its gauges keep older values)", ["tenant"],
-                              registry=r)
-        self.watch_errors = Counter("bgworkers_watch_errors",
-                                    "Failed outbox/quarantine polls of a tenant", ["tenant"],
-                                    registry=r)
+            registry=r,
+        )
+        self.outbox = Gauge(
+            "bgworkers_outbox_rows", "Outbox rows by status", ["tenant", "status"], registry=r
+        )
+        self.outbox_age = Gauge(
+            "bgworkers_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending outbox row (0: none)",
+            ["tenant"],
+            registry=r,
+        )
+        self.quarantined = Gauge(
+            "bgworkers_quarantine_open",
+            "Open quarantine rows by reason",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        self.watch_fresh = Gauge(
+            "bgworkers_watch_last_success_timestamp_seconds",
+            "When the outbox and quarantine gauges of a tenant were last read",
+            ["tenant"],
+            registry=r,
+        )
+        self.watch_up = Gauge(
+            "bgworkers_watch_up",
+            "1 when the last outbox/quarantine poll of a tenant succeeded, "
+            "0 when it failed (its gauges keep older values)",
+            ["tenant"],
+            registry=r,
+        )
+        self.watch_errors = Counter(
+            "bgworkers_watch_errors",
+            "Failed outbox/quarantine polls of a tenant",
+            ["tenant"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._tenants: set[str] = set()
         self._jobs: set[str] = set()
@@ -143,8 +187,11 @@ class Metrics:
             with limits.limited(START_LIMIT):
                 tenants, _ = discover(settings, dbs.core)
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            log.warning("metrics_tenants_unknown", error=error_line(exc),
-                        then="the minute watch discovers them")
+            log.warning(
+                "metrics_tenants_unknown",
+                error=error_line(exc),
+                then="the minute watch discovers them",
+            )
             return
         self._set_tenants({t.code for t in tenants})
         self.restore(dbs)
@@ -152,24 +199,31 @@ class Metrics:
     def restore(self, dbs: Databases) -> bool:
         """last_success of each enabled job and known tenant from `bgw_run`; False on error."""
         c = run_table.c
-        query = (select(c.job, c.tenant, func.max(c.ended_at))
-                 .where(c.status == RunStatus.OK.value, c.ended_at.is_not(None))
-                 .group_by(c.job, c.tenant))
+        query = (
+            select(c.job, c.tenant, func.max(c.ended_at))
+            .where(c.status == RunStatus.OK.value, c.ended_at.is_not(None))
+            .group_by(c.job, c.tenant)
+        )
         try:
             with limits.limited(START_LIMIT), dbs.coordination.connect() as conn:
-                rows = [(str(j), str(t), at if isinstance(at, datetime) else None)
-                        for j, t, at in conn.execute(query)]
+                rows = [
+                    (str(j), str(t), at if isinstance(at, datetime) else None)
+                    for j, t, at in conn.execute(query)
+                ]
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
-            log.warning("metrics_restore_failed", error=error_line(exc),
-                        then="retried by the minute watch")
+            log.warning(
+                "metrics_restore_failed", error=error_line(exc), then="retried by the minute watch"
+            )
             return False
         with self._lock:
             for job, tenant, ended in rows:
                 if job in self._jobs and tenant in self._tenants and ended is not None:
                     self._success(job, tenant, aware_utc(ended).timestamp())
             self._restored = True
-        log.info("metrics_restored", last_success=sum(
-            1 for j, t, _ in rows if j in self._jobs and t in self._tenants))
+        log.info(
+            "metrics_restored",
+            last_success=sum(1 for j, t, _ in rows if j in self._jobs and t in self._tenants),
+        )
         return True
 
     def _success(self, job: str, tenant: str, at: float) -> None:
@@ -223,8 +277,10 @@ class Metrics:
             removals += [(self.alerts, (e, job, tenant)) for e in BY_NAME[job].alert_events]
         removals += [(self.outbox, (tenant, s)) for s in OUTBOX_STATUSES]
         removals += [(self.quarantined, (tenant, r)) for r in QUARANTINE_REASONS]
-        removals += [(m, (tenant,)) for m in (self.outbox_age, self.watch_fresh, self.watch_up,
-                                               self.watch_errors)]
+        removals += [
+            (m, (tenant,))
+            for m in (self.outbox_age, self.watch_fresh, self.watch_up, self.watch_errors)
+        ]
         for metric, labels in removals:
             with suppress(KeyError):
                 metric.remove(*labels)
@@ -239,8 +295,15 @@ class Metrics:
     def tick_missed(self, job: str) -> None:
         self.missed.labels(job).inc()
 
-    def run_finished(self, job: str, tenant: str, status: str, seconds: float | None,
-                     ended: datetime, alert_events: list[str]) -> None:
+    def run_finished(
+        self,
+        job: str,
+        tenant: str,
+        status: str,
+        seconds: float | None,
+        ended: datetime,
+        alert_events: list[str],
+    ) -> None:
         self.runs.labels(job, tenant, status).inc()
         if status == RunStatus.SKIPPED:
             self.lease_skips.labels(job, tenant).inc()
@@ -283,8 +346,11 @@ class Metrics:
                 with limits.limited(WATCH_LIMIT):  # a stuck tenant delays the others little
                     state = outbox_state(dbs, tenant.code, utc_now)
                     with dbs.tenant(tenant.code).connect() as conn:
-                        rows = conn.execute(select(q.reason, func.count()).where(
-                            q.resolved_at.is_(None)).group_by(q.reason)).tuples()
+                        rows = conn.execute(
+                            select(q.reason, func.count())
+                            .where(q.resolved_at.is_(None))
+                            .group_by(q.reason)
+                        ).tuples()
                         reasons = {str(reason): int(count) for reason, count in rows}
             except (SQLAlchemyError, limits.RunTimedOut) as exc:
                 log.warning("watch_failed", tenant=tenant.code, error=error_line(exc))
@@ -301,6 +367,11 @@ class Metrics:
             self.watch_fresh.labels(tenant.code).set(now.timestamp())
             if age > limit.total_seconds():
                 self.alerts.labels(OUTBOX_BACKLOG, SERIAL_OUTBOX.name, tenant.code).inc()
-                log.warning(OUTBOX_BACKLOG, job=SERIAL_OUTBOX.name, tenant=tenant.code,
-                            oldest_pending_age_s=int(age), threshold_s=int(limit.total_seconds()),
-                            pending=state.pending)
+                log.warning(
+                    OUTBOX_BACKLOG,
+                    job=SERIAL_OUTBOX.name,
+                    tenant=tenant.code,
+                    oldest_pending_age_s=int(age),
+                    threshold_s=int(limit.total_seconds()),
+                    pending=state.pending,
+                )

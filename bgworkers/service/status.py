@@ -77,10 +77,14 @@ class Run:
         return duration_s(self.started_at, self.ended_at)
 
     def as_json(self) -> dict[str, Any]:
-        return {"started_at": iso(self.started_at), "ended_at": iso(self.ended_at),
-                "duration_s": self.duration_s, "outcome": self.outcome,
-                "counters": self.counters,
-                "error": headline(self.error, JSON_ERROR_CHARS)}
+        return {
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "duration_s": self.duration_s,
+            "outcome": self.outcome,
+            "counters": self.counters,
+            "error": headline(self.error, JSON_ERROR_CHARS),
+        }
 
 
 @dataclass
@@ -99,16 +103,20 @@ class Pair:
     paused: pauses.Pause | None = None  # the operator's pause that stops it
 
     def as_json(self) -> dict[str, Any]:
-        return {"job": self.job, "tenant": self.tenant, "state": self.state,
-                "reasons": self.reasons,
-                "last_run": self.last_run.as_json() if self.last_run else None,
-                "last_success": iso(self.last_success),
-                "last_failure": self.last_failure.as_json() if self.last_failure else None,
-                "next_tick": iso(self.next_tick),
-                "late_after_s": self.late_after.total_seconds(),
-                "stuck_run": self.stuck.as_json() if self.stuck else None,
-                "refused": self.refused,
-                "paused": self.paused.as_json() if self.paused else None}
+        return {
+            "job": self.job,
+            "tenant": self.tenant,
+            "state": self.state,
+            "reasons": self.reasons,
+            "last_run": self.last_run.as_json() if self.last_run else None,
+            "last_success": iso(self.last_success),
+            "last_failure": self.last_failure.as_json() if self.last_failure else None,
+            "next_tick": iso(self.next_tick),
+            "late_after_s": self.late_after.total_seconds(),
+            "stuck_run": self.stuck.as_json() if self.stuck else None,
+            "refused": self.refused,
+            "paused": self.paused.as_json() if self.paused else None,
+        }
 
 
 @dataclass
@@ -129,21 +137,30 @@ class Check:
         return EXIT_CODES[self.verdict]
 
     def counts(self) -> dict[str, int]:
-        return {state.lower(): sum(p.state == state for p in self.pairs)
-                for state in (CRITICAL, WARNING, OK, PAUSED)}
+        return {
+            state.lower(): sum(p.state == state for p in self.pairs)
+            for state in (CRITICAL, WARNING, OK, PAUSED)
+        }
 
     def summary(self) -> str:
         if self.error is not None:
             return f"BGWORKERS UNKNOWN - {self.error.strip().splitlines()[0]}"
-        counts = ", ".join(f"{n} {state}" for state, n in self.counts().items()
-                           if n or state != PAUSED.lower())
+        counts = ", ".join(
+            f"{n} {state}" for state, n in self.counts().items() if n or state != PAUSED.lower()
+        )
         n = len(self.pairs)
         return f"BGWORKERS {self.verdict} - {counts} ({n} job/tenant pair{'s' * (n != 1)})"
 
     def as_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "exit_code": self.exit_code, "summary": self.summary(),
-                "checked_at": iso(self.checked_at), "error": self.error,
-                "counts": self.counts(), "pairs": [p.as_json() for p in self.pairs]}
+        return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "summary": self.summary(),
+            "checked_at": iso(self.checked_at),
+            "error": self.error,
+            "counts": self.counts(),
+            "pairs": [p.as_json() for p in self.pairs],
+        }
 
 
 # ------------------------------------------------------------------ helpers
@@ -167,7 +184,7 @@ def headline(error: str | None, limit: int) -> str | None:
         return None
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
     line = lines[-1] if lines[0].startswith("Traceback (most recent call last)") else lines[0]
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def age(span: timedelta) -> str:
@@ -198,8 +215,13 @@ def database_label(dbs: Databases, raw_url: str) -> str:
 # ------------------------------------------------------------------ the check
 
 
-def check(settings: Settings, dbs: Databases, now: datetime, job: str | None = None,
-          tenant: str | None = None) -> Check:
+def check(
+    settings: Settings,
+    dbs: Databases,
+    now: datetime,
+    job: str | None = None,
+    tenant: str | None = None,
+) -> Check:
     """The state of every (enabled job, tenant) pair; raises CheckError when nothing
     can be checked."""
     enabled = list(plans(settings))
@@ -211,42 +233,58 @@ def check(settings: Settings, dbs: Databases, now: datetime, job: str | None = N
     try:
         served, refused = discover(settings, dbs.core)
     except SQLAlchemyError as exc:
-        raise CheckError(f"core database {database_label(dbs, core_url)} unreachable: "
-                         f"{error_line(exc)}") from None
-    tenants = [*((t.id, t.code, None) for t in served),
-               *((p.id, p.code, p.error) for p in refused)]
+        raise CheckError(
+            f"core database {database_label(dbs, core_url)} unreachable: {error_line(exc)}"
+        ) from None
+    tenants = [*((t.id, t.code, None) for t in served), *((p.id, p.code, p.error) for p in refused)]
     tenants.sort()
     if tenant is not None:
         tenants = [t for t in tenants if t[1] == tenant]
         if not tenants:
             raise CheckError(_why_not_served(settings, dbs.core, tenant))
     if not tenants or not enabled:
-        raise CheckError("nothing to check: " + ("no job is enabled" if not enabled else
-                                                  "no active tenant in core organization"))
+        raise CheckError(
+            "nothing to check: "
+            + ("no job is enabled" if not enabled else "no active tenant in core organization")
+        )
     coordination_url = settings.database.coordination_url or core_url
     try:
         newest, rows = _history(dbs.coordination, job, tenant)
     except SQLAlchemyError as exc:
         which = "coordination" if settings.database.coordination_url else "core"
-        raise CheckError(f"{which} database {database_label(dbs, coordination_url)} "
-                         f"unreachable (run history): {error_line(exc)}") from None
+        raise CheckError(
+            f"{which} database {database_label(dbs, coordination_url)} "
+            f"unreachable (run history): {error_line(exc)}"
+        ) from None
     try:
         paused = pauses.read(dbs.coordination, job)
     except SQLAlchemyError as exc:
-        raise CheckError(f"pauses (bgw_pause) unreadable, has `bgworkers db upgrade` run? "
-                         f"{error_line(exc)}") from None
+        raise CheckError(
+            f"pauses (bgw_pause) unreadable, has `bgworkers db upgrade` run? {error_line(exc)}"
+        ) from None
     pairs = []
     for name in enabled:
         job_settings = settings.jobs.get(name)
         late_after = 2 * interval(job_settings, settings, now)
         fire = make_trigger(job_settings, settings.scheduler, jitter=False).get_next_fire_time(
-            None, now)
+            None, now
+        )
         stuck_after = job_settings.run_limit + settings.scheduler.lease_ttl
         for _, code, refusal in tenants:
-            pairs.append(_pair(name, code, refusal, newest.get((name, code), {}), rows, now,
-                               late_after, stuck_after,
-                               fire.astimezone(UTC) if fire is not None else None,
-                               pauses.find(paused, name, code)))
+            pairs.append(
+                _pair(
+                    name,
+                    code,
+                    refusal,
+                    newest.get((name, code), {}),
+                    rows,
+                    now,
+                    late_after,
+                    stuck_after,
+                    fire.astimezone(UTC) if fire is not None else None,
+                    pauses.find(paused, name, code),
+                )
+            )
     pairs.sort(key=lambda p: -EXIT_CODES[p.state])  # stable: job, then tenant id order
     return Check(now, pairs)
 
@@ -261,16 +299,23 @@ def _why_not_served(settings: Settings, core: Engine, code: str) -> str:
     return f"tenant {code}: not served with these settings"  # it appeared meanwhile
 
 
-def _history(engine: Engine, job: str | None, tenant: str | None,
-             ) -> tuple[dict[tuple[str, str], dict[str, int]], dict[int, Run]]:
+def _history(
+    engine: Engine,
+    job: str | None,
+    tenant: str | None,
+) -> tuple[dict[tuple[str, str], dict[str, int]], dict[int, Run]]:
     """Per (job, tenant), the newest row id of each status; and those rows."""
     c = run.c
     where = [c.job == job] if job is not None else []
     where += [c.tenant == tenant] if tenant is not None else []
-    newest_per_status = union_all(*(
-        select(c.job, c.tenant, c.status, func.max(c.id).label("id"))
-        .where(c.status == status.value, *where).group_by(c.job, c.tenant)
-        for status in RunStatus))
+    newest_per_status = union_all(
+        *(
+            select(c.job, c.tenant, c.status, func.max(c.id).label("id"))
+            .where(c.status == status.value, *where)
+            .group_by(c.job, c.tenant)
+            for status in RunStatus
+        )
+    )
     newest: dict[tuple[str, str], dict[str, int]] = {}
     rows: dict[int, Run] = {}
     with engine.connect() as conn:
@@ -278,13 +323,19 @@ def _history(engine: Engine, job: str | None, tenant: str | None,
             newest.setdefault((r.job, r.tenant), {})[r.status] = int(r.id)
         ids = sorted({i for by_status in newest.values() for i in by_status.values()})
         for start in range(0, len(ids), _ID_CHUNK):
-            chunk = ids[start:start + _ID_CHUNK]
-            for r in conn.execute(select(c.id, c.started_at, c.ended_at, c.status, c.counters,
-                                         c.error).where(c.id.in_(chunk))):
-                rows[int(r.id)] = Run(aware_utc(r.started_at),
-                                      aware_utc(r.ended_at) if r.ended_at is not None else None,
-                                      r.status, json.loads(r.counters) if r.counters else {},
-                                      r.error)
+            chunk = ids[start : start + _ID_CHUNK]
+            for r in conn.execute(
+                select(c.id, c.started_at, c.ended_at, c.status, c.counters, c.error).where(
+                    c.id.in_(chunk)
+                )
+            ):
+                rows[int(r.id)] = Run(
+                    aware_utc(r.started_at),
+                    aware_utc(r.ended_at) if r.ended_at is not None else None,
+                    r.status,
+                    json.loads(r.counters) if r.counters else {},
+                    r.error,
+                )
     return newest, rows
 
 
@@ -292,9 +343,18 @@ def _newest(ids: dict[str, int], statuses: Iterable[str]) -> int | None:
     return max((ids[s] for s in statuses if s in ids), default=None)
 
 
-def _pair(job: str, tenant: str, refusal: str | None, ids: dict[str, int],
-          rows: dict[int, Run], now: datetime, late_after: timedelta, stuck_after: timedelta,
-          next_tick: datetime | None, paused: pauses.Pause | None = None) -> Pair:
+def _pair(
+    job: str,
+    tenant: str,
+    refusal: str | None,
+    ids: dict[str, int],
+    rows: dict[int, Run],
+    now: datetime,
+    late_after: timedelta,
+    stuck_after: timedelta,
+    next_tick: datetime | None,
+    paused: pauses.Pause | None = None,
+) -> Pair:
     def row(i: int | None) -> Run | None:
         return rows.get(i) if i is not None else None
 
@@ -303,8 +363,11 @@ def _pair(job: str, tenant: str, refusal: str | None, ids: dict[str, int],
     last_failure = row(_newest(ids, FAILING))
     ran_id = _newest(ids, RAN)
     running_id = ids.get(RunStatus.RUNNING)
-    running = row(running_id) if running_id is not None and (
-        ran_id is None or running_id > ran_id) else None
+    running = (
+        row(running_id)
+        if running_id is not None and (ran_id is None or running_id > ran_id)
+        else None
+    )
     stuck = running if running is not None and now - running.started_at > stuck_after else None
     success_at = (success.ended_at or success.started_at) if success else None
 
@@ -314,25 +377,43 @@ def _pair(job: str, tenant: str, refusal: str | None, ids: dict[str, int],
         critical.append(f"tenant refused: {refusal}")
     if decisive is not None and decisive.outcome in FAILING:
         error = headline(decisive.error, TEXT_ERROR_CHARS) or "no error recorded"
-        critical.append(f"latest run {decisive.outcome} (started "
-                        f"{decisive.started_at:%Y-%m-%d %H:%M:%S}): {error}")
+        critical.append(
+            f"latest run {decisive.outcome} (started "
+            f"{decisive.started_at:%Y-%m-%d %H:%M:%S}): {error}"
+        )
     if refusal is None:
         if success_at is None:
             warning.append("never ran" if not ids else "no successful run yet")
         elif now - success_at > late_after:
-            warning.append(f"late: no success for {age(now - success_at)} "
-                           f"(more than 2 intervals, {age(late_after)})")
+            warning.append(
+                f"late: no success for {age(now - success_at)} "
+                f"(more than 2 intervals, {age(late_after)})"
+            )
     if stuck is not None:
-        warning.append(f"running since {stuck.started_at:%Y-%m-%d %H:%M:%S} "
-                       f"({age(now - stuck.started_at)}), beyond its limit and the lease TTL "
-                       f"({age(stuck_after)}): is anyone still running it?")
+        warning.append(
+            f"running since {stuck.started_at:%Y-%m-%d %H:%M:%S} "
+            f"({age(now - stuck.started_at)}), beyond its limit and the lease TTL "
+            f"({age(stuck_after)}): is anyone still running it?"
+        )
     state = CRITICAL if critical else WARNING if warning else OK
     reasons = critical + warning
     if paused is not None and refusal is None:
         state = PAUSED
         reasons = [paused.describe(), *(f"while paused: {r}" for r in reasons)]
-    return Pair(job, tenant, state, reasons, row(_newest(ids, ENDED)), success_at,
-                last_failure, next_tick, late_after, stuck, refusal, paused)
+    return Pair(
+        job,
+        tenant,
+        state,
+        reasons,
+        row(_newest(ids, ENDED)),
+        success_at,
+        last_failure,
+        next_tick,
+        late_after,
+        stuck,
+        refusal,
+        paused,
+    )
 
 
 # ------------------------------------------------------------------ output
@@ -348,18 +429,35 @@ def render_text(result: Check) -> list[str]:
     if result.error is not None:
         lines += result.error.strip().splitlines()[1:]
         return lines
-    header = ("STATE", "JOB", "TENANT", "LAST RUN (UTC)", "TOOK", "OUTCOME",
-              "LAST SUCCESS (UTC)", "NEXT TICK (UTC)")
+    header = (
+        "STATE",
+        "JOB",
+        "TENANT",
+        "LAST RUN (UTC)",
+        "TOOK",
+        "OUTCOME",
+        "LAST SUCCESS (UTC)",
+        "NEXT TICK (UTC)",
+    )
     rows: list[tuple[Sequence[str], list[str]]] = [(header, [])]
     for p in result.pairs:
         last = p.last_run
         took = last.duration_s if last is not None else None
-        rows.append(((p.state, p.job, p.tenant, _when(last.started_at if last else None),
-                      f"{took:.1f}s" if took is not None else "-",
-                      "refused" if p.refused and last is None else
-                      last.outcome if last else "-",
-                      _when(p.last_success), _when(p.next_tick) if p.next_tick else "-"),
-                     p.reasons))
+        rows.append(
+            (
+                (
+                    p.state,
+                    p.job,
+                    p.tenant,
+                    _when(last.started_at if last else None),
+                    f"{took:.1f}s" if took is not None else "-",
+                    "refused" if p.refused and last is None else last.outcome if last else "-",
+                    _when(p.last_success),
+                    _when(p.next_tick) if p.next_tick else "-",
+                ),
+                p.reasons,
+            )
+        )
     widths = [max(len(r[i]) for r, _ in rows) for i in range(len(header))]
     for cells, reasons in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
@@ -376,9 +474,16 @@ def emit(result: Check, as_json: bool, out: Callable[[str], None]) -> int:
     return result.exit_code
 
 
-def report(settings: Settings, dbs: Databases, now: datetime, as_json: bool,
-           out: Callable[[str], None], job: str | None = None,
-           tenant: str | None = None, err: Callable[[str], None] | None = None) -> int:
+def report(
+    settings: Settings,
+    dbs: Databases,
+    now: datetime,
+    as_json: bool,
+    out: Callable[[str], None],
+    job: str | None = None,
+    tenant: str | None = None,
+    err: Callable[[str], None] | None = None,
+) -> int:
     """Check, print, and return the exit code; never raises for a failed check.
 
     An unexpected error is UNKNOWN too (its traceback goes to `err`)."""

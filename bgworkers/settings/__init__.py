@@ -92,11 +92,11 @@ class SettingsError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(
-            "\n".join(f"{source}: {key}: {problem}" if key else f"{source}: {problem}"
-                      for key, problem in problems)
+            "\n".join(
+                f"{source}: {key}: {problem}" if key else f"{source}: {problem}"
+                for key, problem in problems
+            )
         )
-
-
 
 
 class DatabaseSettings(_Section):
@@ -242,10 +242,14 @@ class Settings(BaseSettings):
         values = []
         if self.database.password is not None:
             values.append(self.database.password.get_secret_value())
-        values.extend(salt.get_secret_value()
-                      for salt in self.jobs.serial_consistency.salts.values())
-        for raw in (self.database.core_url, self.database.coordination_url,
-                    *self.tenants.urls.values()):
+        values.extend(
+            salt.get_secret_value() for salt in self.jobs.serial_consistency.salts.values()
+        )
+        for raw in (
+            self.database.core_url,
+            self.database.coordination_url,
+            *self.tenants.urls.values(),
+        ):
             if raw and (password := make_url(raw).password):
                 values.append(str(password))
         return [v for v in values if v]

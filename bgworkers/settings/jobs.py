@@ -72,7 +72,8 @@ class SerialConsistencySettings(JobSettings):
     default_every = timedelta(hours=1)
     default_timeout = timedelta(minutes=30)
     salt_key_re: ClassVar[re.Pattern[str]] = re.compile(
-        r"(hatthasilpa|oem|classic):(0|[1-9][0-9]{0,8})")
+        r"(hatthasilpa|oem|classic):(0|[1-9][0-9]{0,8})"
+    )
     salt_value_re: ClassVar[re.Pattern[str]] = re.compile(r"[0-9a-fA-F]{64}")
 
     catch_up: bool = True
@@ -106,8 +107,10 @@ class SerialConsistencySettings(JobSettings):
     @classmethod
     def _check_salt(cls, key: str, value: str, where: str) -> None:
         if not cls.salt_key_re.fullmatch(key):
-            raise ValueError(f"{where}: key must be <production_type>:<version> with a type "
-                             "of hatthasilpa, oem, classic (e.g. hatthasilpa:1)")
+            raise ValueError(
+                f"{where}: key must be <production_type>:<version> with a type "
+                "of hatthasilpa, oem, classic (e.g. hatthasilpa:1)"
+            )
         if not cls.salt_value_re.fullmatch(value):
             raise ValueError(f"{where}: the salt must be 64 hexadecimal digits")
 
@@ -121,8 +124,10 @@ class SerialConsistencySettings(JobSettings):
         try:
             lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"systemd credential {str(path)!r} (salts_credential): cannot read: "
-                             f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+            raise ValueError(
+                f"systemd credential {str(path)!r} (salts_credential): cannot read: "
+                f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}"
+            ) from None
         salts: dict[str, SecretStr] = {}
         for number, line in enumerate(lines, 1):
             text = line.strip()
@@ -217,8 +222,11 @@ class JobsSettings(_Section):
     @model_validator(mode="after")
     def _tables_in_one_tier(self) -> JobsSettings:
         seen: dict[str, str] = {}
-        tiers = [(name, job) for name in type(self).model_fields
-                 if isinstance(job := self.get(name), DashboardTierSettings)]
+        tiers = [
+            (name, job)
+            for name in type(self).model_fields
+            if isinstance(job := self.get(name), DashboardTierSettings)
+        ]
         for tier, job in tiers:
             for table in job.tables:
                 if table in seen:
@@ -241,5 +249,3 @@ class JobsSettings(_Section):
         if not isinstance(job, JobSettings):
             raise KeyError(name)
         return job
-
-

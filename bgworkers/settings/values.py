@@ -88,8 +88,10 @@ def tenant_code_problem(code: str) -> str | None:
     None when it can."""
     if TENANT_CODE_RE.fullmatch(code):
         return None
-    return (f"tenant code {code!r} refused: must match {TENANT_CODE_PATTERN}, as it becomes "
-            "part of database and lock names")
+    return (
+        f"tenant code {code!r} refused: must match {TENANT_CODE_PATTERN}, as it becomes "
+        "part of database and lock names"
+    )
 
 
 def check_tenant_code(code: str) -> str:
@@ -175,5 +177,3 @@ def check_listen(value: str) -> str:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-

@@ -21,8 +21,9 @@ from bgworkers.schema import own
 
 @pytest.fixture
 def urls(tmp_path: Path) -> DbUrls:
-    return DbUrls("sqlite", f"sqlite:///{tmp_path}/core.db",
-                  f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db")
+    return DbUrls(
+        "sqlite", f"sqlite:///{tmp_path}/core.db", f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db"
+    )
 
 
 @pytest.fixture
@@ -41,9 +42,9 @@ def wait_until(condition: object, timeout: float = 15.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_lifecycle_ready_watchdog_reload_stop(urls: DbUrls, tmp_path: Path,
-                                              listener: NotifyListener,
-                                              make_world: MakeWorld) -> None:
+def test_lifecycle_ready_watchdog_reload_stop(
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s")
     make_world(config, ["DEFAULT", "maison_atelier"])
     log = tmp_path / "daemon.log"
@@ -55,7 +56,9 @@ def test_lifecycle_ready_watchdog_reload_stop(urls: DbUrls, tmp_path: Path,
         listener.wait_for("WATCHDOG")
         wait_until(lambda: len(events(log, "job_tenant_result")) >= 4)
         assert {e["tenant"] for e in events(log, "job_tenant_result")} == {
-            "DEFAULT", "maison_atelier"}
+            "DEFAULT",
+            "maison_atelier",
+        }
 
         # a valid reload reschedules in place
         heartbeat_settings(config, urls, every="7s")
@@ -89,9 +92,9 @@ def test_lifecycle_ready_watchdog_reload_stop(urls: DbUrls, tmp_path: Path,
     assert {row.status for row in runs(urls.core_url)} == {"ok"}
 
 
-def test_stop_waits_for_running_tenant_runs(urls: DbUrls, tmp_path: Path,
-                                            listener: NotifyListener,
-                                            make_world: MakeWorld) -> None:
+def test_stop_waits_for_running_tenant_runs(
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="3s")
     make_world(config, ["DEFAULT"])
     with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:
@@ -107,8 +110,9 @@ def test_stop_waits_for_running_tenant_runs(urls: DbUrls, tmp_path: Path,
     assert all(r.status != "running" for r in history)
 
 
-def test_second_signal_exits_at_once(urls: DbUrls, tmp_path: Path,
-                                     listener: NotifyListener, make_world: MakeWorld) -> None:
+def test_second_signal_exits_at_once(
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="60s")
     make_world(config, ["DEFAULT"])
     log = tmp_path / "d.log"
@@ -134,13 +138,13 @@ def test_bad_settings_at_start_exit_2(tmp_path: Path, urls: DbUrls) -> None:
 
 
 def test_a_notify_receiver_that_stops_reading_does_not_stall_jobs(
-        urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld) -> None:
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s")
     make_world(config, ["DEFAULT"])
     listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # fills at once
     log = tmp_path / "d.log"
-    with daemon(config, {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "500000"},
-                log) as proc:
+    with daemon(config, {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "500000"}, log) as proc:
         listener.wait_for("READY")  # and never read again
         wait_until(lambda: len(events(log, "job_run_summary")) >= 6, timeout=30)
         assert not events(log, "tick_missed")
@@ -148,19 +152,24 @@ def test_a_notify_receiver_that_stops_reading_does_not_stall_jobs(
         assert proc.wait(15) == 0
 
 
-def test_metrics_endpoint_of_a_running_daemon(urls: DbUrls, tmp_path: Path,
-                                              listener: NotifyListener,
-                                              make_world: MakeWorld) -> None:
+def test_metrics_endpoint_of_a_running_daemon(
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", extra=f"""
+    config = heartbeat_settings(
+        tmp_path / "settings.toml",
+        urls,
+        every="1s",
+        extra=f"""
 [metrics]
 listen = "127.0.0.1:{port}"
 [jobs.serial_outbox]
 enabled = true
 every = "1h"
-""")
+""",
+    )
     make_world(config, ["DEFAULT"], erp_schema=True)
     with daemon(config, {"NOTIFY_SOCKET": listener.path}, tmp_path / "d.log") as proc:
         listener.wait_for("READY")
@@ -175,19 +184,25 @@ every = "1h"
         text = scrape()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert samples[ok] >= 1
     assert samples['bgworkers_run_duration_seconds_count{job_name="heartbeat"}'] >= 1
-    assert samples['bgworkers_last_success_timestamp_seconds{job_name="heartbeat",'
-                   'tenant="DEFAULT"}'] > time.time() - 60
+    assert (
+        samples['bgworkers_last_success_timestamp_seconds{job_name="heartbeat",tenant="DEFAULT"}']
+        > time.time() - 60
+    )
     assert samples['bgworkers_outbox_rows{status="pending",tenant="DEFAULT"}'] == 0
     assert samples['bgworkers_outbox_oldest_pending_age_seconds{tenant="DEFAULT"}'] == 0
     assert samples['bgworkers_quarantine_open{reason="orphaned",tenant="DEFAULT"}'] == 0
 
 
 def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
-        urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld) -> None:
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="60s")
     make_world(config, ["DEFAULT", "maison_atelier"])
     log = tmp_path / "d.log"
@@ -201,7 +216,9 @@ def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
         assert time.monotonic() - started < 5
     history = runs(urls.core_url)
     assert {(r.tenant, r.status) for r in history} == {
-        ("DEFAULT", "interrupted"), ("maison_atelier", "interrupted")}
+        ("DEFAULT", "interrupted"),
+        ("maison_atelier", "interrupted"),
+    }
     assert all(r.error.startswith("interrupted: the daemon stopped") for r in history)
     assert all(r.ended_at is not None for r in history)
     exceeded = events(log, "shutdown_grace_exceeded")
@@ -214,9 +231,11 @@ def test_a_stop_past_the_grace_records_the_runs_interrupted_and_exits_0(
 
 
 def test_catch_up_runs_the_tick_missed_while_no_daemon_ran(
-        urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld) -> None:
-    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1h",
-                                extra="catch_up = true\n")
+    urls: DbUrls, tmp_path: Path, listener: NotifyListener, make_world: MakeWorld
+) -> None:
+    config = heartbeat_settings(
+        tmp_path / "settings.toml", urls, every="1h", extra="catch_up = true\n"
+    )
     make_world(config, ["DEFAULT", "maison_atelier", "newcomer"])
     now = datetime.now(UTC)
     if now.minute == 59 and now.second > 50:  # keep the hour from turning mid-test
@@ -225,21 +244,40 @@ def test_catch_up_runs_the_tick_missed_while_no_daemon_ran(
     missed = now.replace(minute=0, second=0, microsecond=0, tzinfo=None)
     engine = sa.create_engine(urls.core_url)
     with engine.begin() as conn:
-        for tenant, tick in (("DEFAULT", missed - timedelta(hours=1)),  # then the daemon stopped
-                             ("maison_atelier", missed)):  # ran it before the restart
-            conn.execute(sa.insert(own.run).values(
-                job="heartbeat", tenant=tenant, tick_at=tick, run_id=f"{tenant}-{tick:%H}",
-                host="earlier", pid=1, started_at=tick, ended_at=tick, status="ok"))
+        for tenant, tick in (
+            ("DEFAULT", missed - timedelta(hours=1)),  # then the daemon stopped
+            ("maison_atelier", missed),
+        ):  # ran it before the restart
+            conn.execute(
+                sa.insert(own.run).values(
+                    job="heartbeat",
+                    tenant=tenant,
+                    tick_at=tick,
+                    run_id=f"{tenant}-{tick:%H}",
+                    host="earlier",
+                    pid=1,
+                    started_at=tick,
+                    ended_at=tick,
+                    status="ok",
+                )
+            )
     engine.dispose()
     log = tmp_path / "d.log"
     with daemon(config, {"NOTIFY_SOCKET": listener.path}, log) as proc:
         listener.wait_for("READY")
-        wait_until(lambda: any(r.tenant == "DEFAULT" and r.tick_at == missed
-                               and r.status == "ok" for r in runs(urls.core_url)))
+        wait_until(
+            lambda: any(
+                r.tenant == "DEFAULT" and r.tick_at == missed and r.status == "ok"
+                for r in runs(urls.core_url)
+            )
+        )
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     rows = sorted((r.tenant, r.tick_at, r.status) for r in runs(urls.core_url))
-    assert rows == [("DEFAULT", missed - timedelta(hours=1), "ok"), ("DEFAULT", missed, "ok"),
-                    ("maison_atelier", missed, "ok")]  # newcomer never ran: not caught up
+    assert rows == [
+        ("DEFAULT", missed - timedelta(hours=1), "ok"),
+        ("DEFAULT", missed, "ok"),
+        ("maison_atelier", missed, "ok"),
+    ]  # newcomer never ran: not caught up
     assert [e["tenants"] for e in events(log, "catch_up")] == [["DEFAULT"]]

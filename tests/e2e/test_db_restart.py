@@ -29,10 +29,14 @@ TENANTS = ["DEFAULT", "maison_atelier", "atelier_3"]
 
 
 def test_a_database_restart_mid_tick_leaves_a_whole_and_true_history(
-        own_mariadb: MariaDB, tmp_path: Path, make_world: MakeWorld) -> None:
+    own_mariadb: MariaDB, tmp_path: Path, make_world: MakeWorld
+) -> None:
     url = own_mariadb.url
-    urls = DbUrls("mariadb", f"{url}/bgw_restart_core?charset=utf8mb4",
-                  f"{url}/bgw_restart_t_{{code_lower}}?charset=utf8mb4")
+    urls = DbUrls(
+        "mariadb",
+        f"{url}/bgw_restart_core?charset=utf8mb4",
+        f"{url}/bgw_restart_t_{{code_lower}}?charset=utf8mb4",
+    )
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE DATABASE bgw_restart_core")
@@ -68,15 +72,20 @@ def test_a_database_restart_mid_tick_leaves_a_whole_and_true_history(
         assert len(ticks) == len(set(ticks)), f"{tenant}: a tick has two rows"
         wanted = [first + timedelta(seconds=i) for i in range((last - first).seconds + 1)]
         assert [t for t in wanted if t not in set(ticks)] == [], f"{tenant}: ticks without a row"
-        leased = sorted((r.started_at, r.ended_at) for r in rows  # type: ignore[attr-defined]
-                        if r.status not in ("skipped", "missed"))  # type: ignore[attr-defined]
+        leased = sorted(
+            (r.started_at, r.ended_at)
+            for r in rows  # type: ignore[attr-defined]
+            if r.status not in ("skipped", "missed")
+        )  # type: ignore[attr-defined]
         for (_, end), (start, _) in pairwise(leased):
             assert end <= start, f"{tenant}: overlapping runs"
         statuses = {r.status for r in rows}  # type: ignore[attr-defined]
         assert "ok" in statuses
         assert not statuses & {"failed"}, [
-            (r.tick_at, r.status, r.error) for r in rows  # type: ignore[attr-defined]
-            if r.status == "failed"]
+            (r.tick_at, r.status, r.error)
+            for r in rows  # type: ignore[attr-defined]
+            if r.status == "failed"
+        ]
     after = [r for r in history if r.status == "ok" and r.tick_at == last]
     assert after, "no run ok after the restart"
     missed = [r for r in history if r.status == "missed" and "core database" in (r.error or "")]

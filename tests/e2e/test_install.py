@@ -43,11 +43,12 @@ ALLOWED_EXIT = {"bgworkers status": {0, 1}}
 
 # ------------------------------------------------------------------ README text
 
+
 def section(title: str) -> str:
     text = README.read_text()
     start = text.index(f"\n{title}\n")
     end = text.find("\n#", start + len(title) + 2)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def install_blocks() -> list[str]:
@@ -76,15 +77,30 @@ def test_readme_names_the_commands_this_test_runs() -> None:
     assert block_lines(demo) == ["bgworkers demo-data --reset"]
     assert "systemctl enable --now bgworkers" in block_lines(start)
     commands = operate_commands()
-    for needed in ("bgworkers status", "bgworkers check-config", "bgworkers db check",
-                   "bgworkers explain <SERIAL>", "systemctl reset-failed bgworkers",
-                   "bgworkers db upgrade", "make install"):
+    for needed in (
+        "bgworkers status",
+        "bgworkers check-config",
+        "bgworkers db check",
+        "bgworkers explain <SERIAL>",
+        "systemctl reset-failed bgworkers",
+        "bgworkers db upgrade",
+        "make install",
+    ):
         assert needed in commands, needed
 
 
 def unit_properties(text: str) -> set[tuple[str, str]]:
-    keys = {"DynamicUser", "User", "StateDirectory", "StateDirectoryMode", "WorkingDirectory",
-            "UMask", "EnvironmentFile", "LoadCredential", "SetCredential"}
+    keys = {
+        "DynamicUser",
+        "User",
+        "StateDirectory",
+        "StateDirectoryMode",
+        "WorkingDirectory",
+        "UMask",
+        "EnvironmentFile",
+        "LoadCredential",
+        "SetCredential",
+    }
     found = set()
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -107,39 +123,94 @@ def test_cli_wrapper_runs_commands_as_the_unit_runs_the_daemon() -> None:
 
 # ------------------------------------------------------------------ the sandbox
 
+
 class Box:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
 
-    def sh(self, script: str, *, cwd: str = "/", timeout: float = 60,
-           ok: set[int] | None = None) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, script: str, *, cwd: str = "/", timeout: float = 60, ok: set[int] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """*script* as root in a login-like environment, from *cwd*."""
-        keep = {k: v for k, v in os.environ.items()
-                if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
-        env = ["env", "-i", f"PATH={LOGIN_PATH}", "HOME=/root", "LANG=C.UTF-8",
-               *(f"{k}={v}" for k, v in keep.items())]
+        keep = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")
+        }
+        env = [
+            "env",
+            "-i",
+            f"PATH={LOGIN_PATH}",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            *(f"{k}={v}" for k, v in keep.items()),
+        ]
         proc = subprocess.run(
-            ["bash", str(HARNESS), "exec", str(self.dir), *env, "sh", "-c",
-             f"cd {shlex.quote(cwd)} && {script}"],
-            capture_output=True, text=True, timeout=timeout, check=False)
+            [
+                "bash",
+                str(HARNESS),
+                "exec",
+                str(self.dir),
+                *env,
+                "sh",
+                "-c",
+                f"cd {shlex.quote(cwd)} && {script}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         allowed = ok if ok is not None else {0}
         assert proc.returncode in allowed, (
             f"{script} (in {cwd}): exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
-            f"\n{self.journal()}")
+            f"\n{self.journal()}"
+        )
         return proc
 
     def journal(self) -> str:
         proc = subprocess.run(
-            ["bash", str(HARNESS), "exec", str(self.dir), "journalctl", "-n", "30",
-             "--no-pager", "-u", "bgworkers", "-u", "run-*"],
-            capture_output=True, text=True, timeout=30, check=False)
+            [
+                "bash",
+                str(HARNESS),
+                "exec",
+                str(self.dir),
+                "journalctl",
+                "-n",
+                "30",
+                "--no-pager",
+                "-u",
+                "bgworkers",
+                "-u",
+                "run-*",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         return f"--- journal:\n{proc.stdout}"
 
     def write(self, path: str, text: str, mode: str = "644") -> None:
         proc = subprocess.run(
-            ["bash", str(HARNESS), "exec", str(self.dir), "sh", "-c",
-             'umask 077 && cat >"$1" && chmod "$2" "$1"', "_", path, mode],
-            input=text, capture_output=True, text=True, timeout=30, check=False)
+            [
+                "bash",
+                str(HARNESS),
+                "exec",
+                str(self.dir),
+                "sh",
+                "-c",
+                'umask 077 && cat >"$1" && chmod "$2" "$1"',
+                "_",
+                path,
+                mode,
+            ],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
 
     def read(self, path: str) -> str:
@@ -178,22 +249,39 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     require(os.geteuid() == 0, "needs root (namespaces, systemd as PID 1)")
     require(Path("/lib/systemd/systemd").exists(), "systemd missing (apt-get install systemd)")
     require("overlay" in Path("/proc/filesystems").read_text(), "needs overlayfs")
-    require(all(shutil.which(t) for t in ("unshare", "nsenter", "setpriv", "make")),
-            "needs unshare, nsenter, setpriv (util-linux), make")
+    require(
+        all(shutil.which(t) for t in ("unshare", "nsenter", "setpriv", "make")),
+        "needs unshare, nsenter, setpriv (util-linux), make",
+    )
     sandbox = Box(tmp_path_factory.mktemp("install"))
-    env = {**os.environ, "SANDBOX_BIND": f"{REPO}:ro", "SANDBOX_HOSTNET": "1",
-           "SANDBOX_MAX_LIFETIME": "900", "SANDBOX_BOOT_TIMEOUT": "60"}
+    env = {
+        **os.environ,
+        "SANDBOX_BIND": f"{REPO}:ro",
+        "SANDBOX_HOSTNET": "1",
+        "SANDBOX_MAX_LIFETIME": "900",
+        "SANDBOX_BOOT_TIMEOUT": "60",
+    }
     try:
-        boot = subprocess.run(["bash", str(HARNESS), "boot", str(sandbox.dir)], env=env,
-                              capture_output=True, text=True, timeout=90, check=False)
+        boot = subprocess.run(
+            ["bash", str(HARNESS), "boot", str(sandbox.dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
         assert boot.returncode == 0, f"sandbox boot failed:\n{boot.stdout}{boot.stderr}"
         install, _, _ = install_blocks()
         out = sandbox.run_block(install)
         assert "bgworkers install: done" in out, out
         yield sandbox
     finally:
-        subprocess.run(["bash", str(HARNESS), "shutdown", str(sandbox.dir)],
-                       timeout=90, check=False, capture_output=True)
+        subprocess.run(
+            ["bash", str(HARNESS), "shutdown", str(sandbox.dir)],
+            timeout=90,
+            check=False,
+            capture_output=True,
+        )
 
 
 # One sandbox for the module, its tests in file order: on one worker.
@@ -205,7 +293,8 @@ def test_install_layout(box: Box) -> None:
         "stat -c '%n %a %U' /opt/bgworkers/venv /etc/systemd/system/bgworkers.service"
         " /usr/local/bin/bgworkers /etc/bgworkers /etc/bgworkers/settings.toml"
         " /etc/bgworkers/credentials /etc/bgworkers/credentials/db_password"
-        " /etc/bgworkers/credentials/serial_salts").stdout.splitlines()
+        " /etc/bgworkers/credentials/serial_salts"
+    ).stdout.splitlines()
     assert listing == [
         "/opt/bgworkers/venv 755 root",
         "/etc/systemd/system/bgworkers.service 644 root",
@@ -229,8 +318,8 @@ def test_sqlite_demo_install_and_operate_from_any_directory(box: Box) -> None:
     box.run_block(start)
     assert box.sh("systemctl is-active bgworkers").stdout.strip() == "active"
     serial = box.sh(
-        f"python3 -c 'import sqlite3; print(sqlite3.connect(\"{TENANT_DB}\").execute("
-        "\"SELECT serial_number FROM job_ticket_serial LIMIT 1\").fetchone()[0])'"
+        f'python3 -c \'import sqlite3; print(sqlite3.connect("{TENANT_DB}").execute('
+        '"SELECT serial_number FROM job_ticket_serial LIMIT 1").fetchone()[0])\''
     ).stdout.strip()
     box.operate(serial)
     # the databases belong to the service's user: the CLI did not create root's files
@@ -252,14 +341,20 @@ def test_start_after_fixing_bad_settings_needs_no_reset_failed(box: Box) -> None
 def test_restart_loop_never_locks_out_the_operator(box: Box) -> None:
     """Failing starts are retried every 5 s past StartLimitBurst; a fixed start is accepted."""
     dropin = "/etc/systemd/system/bgworkers.service.d/50-test-fail.conf"
-    box.sh("systemctl stop bgworkers && rm -f /run/bgworkers-test-ok && mkdir -p ${0%/*}"
-           .replace("${0%/*}", dropin.rsplit("/", 1)[0]))
+    box.sh(
+        "systemctl stop bgworkers && rm -f /run/bgworkers-test-ok && mkdir -p ${0%/*}".replace(
+            "${0%/*}", dropin.rsplit("/", 1)[0]
+        )
+    )
     box.write(dropin, "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/bgworkers-test-ok'\n")
     try:
         box.sh("systemctl daemon-reload && systemctl start bgworkers", ok={1})
         # six starts: one more than StartLimitBurst, which the old 5-minute window refused
-        box.sh("for i in $(seq 60); do n=$(systemctl show -P NRestarts bgworkers);"
-               " [ $n -ge 5 ] && exit 0; sleep 0.5; done; exit 1", timeout=60)
+        box.sh(
+            "for i in $(seq 60); do n=$(systemctl show -P NRestarts bgworkers);"
+            " [ $n -ge 5 ] && exit 0; sleep 0.5; done; exit 1",
+            timeout=60,
+        )
         assert box.sh("systemctl show -P Result bgworkers").stdout.strip() != "start-limit-hit"
         box.sh("touch /run/bgworkers-test-ok && systemctl start bgworkers")
         assert box.sh("systemctl is-active bgworkers").stdout.strip() == "active"
@@ -272,20 +367,28 @@ def mariadb(mariadb_server_url: str) -> Iterator[tuple[str, str, str, str]]:
     """A user with a password and its core/tenant URLs (no password in them)."""
     suffix = uuid.uuid4().hex[:8]
     user, password = f"bgw_{suffix}", secrets.token_urlsafe(12) + "#&"
-    names = [f"bgerp_e2e_{suffix}", f"bgerp_e2e_{suffix}_t_default",
-             f"bgerp_e2e_{suffix}_t_maison_atelier"]
+    names = [
+        f"bgerp_e2e_{suffix}",
+        f"bgerp_e2e_{suffix}_t_default",
+        f"bgerp_e2e_{suffix}_t_maison_atelier",
+    ]
     root = sa.create_engine(mariadb_server_url, poolclass=NullPool)
     server = make_url(mariadb_server_url)
     with root.begin() as conn:
-        conn.execute(sa.text(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY :pw"),
-                     {"pw": password})
+        conn.execute(
+            sa.text(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY :pw"), {"pw": password}
+        )
         for name in names:
             conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
             conn.execute(sa.text(f"GRANT ALL ON `{name}`.* TO '{user}'@'127.0.0.1'"))
     base = f"mysql+mysqldb://{user}@{server.host}:{server.port}/bgerp_e2e_{suffix}"
     try:
-        yield base + "?charset=utf8mb4", base + "_t_{code_lower}?charset=utf8mb4", password, \
-            mariadb_server_url + f"/{names[1]}"
+        yield (
+            base + "?charset=utf8mb4",
+            base + "_t_{code_lower}?charset=utf8mb4",
+            password,
+            mariadb_server_url + f"/{names[1]}",
+        )
     finally:
         with root.begin() as conn:
             for name in names:
@@ -295,18 +398,19 @@ def mariadb(mariadb_server_url: str) -> Iterator[tuple[str, str, str, str]]:
 
 
 @pytest.mark.mariadb
-def test_mariadb_with_a_password_credential(
-        box: Box, mariadb: tuple[str, str, str, str]) -> None:
+def test_mariadb_with_a_password_credential(box: Box, mariadb: tuple[str, str, str, str]) -> None:
     core_url, tenant_url, password, tenant_root_url = mariadb
     box.sh("systemctl stop bgworkers")
     settings = box.read(SETTINGS)
-    settings = re.sub(r'(?m)^core_url = .*$', f'core_url = "{core_url}"', settings)
-    settings = re.sub(r'(?m)^tenant_url = .*$', f'tenant_url = "{tenant_url}"', settings)
+    settings = re.sub(r"(?m)^core_url = .*$", f'core_url = "{core_url}"', settings)
+    settings = re.sub(r"(?m)^tenant_url = .*$", f'tenant_url = "{tenant_url}"', settings)
     box.write(SETTINGS, settings)
     box.write(PASSWORD_FILE, password + "\n", mode="600")
     # root's interpreter alone has neither the credential nor the identity
-    raw = box.sh("/opt/bgworkers/venv/bin/bgworkers --config /etc/bgworkers/settings.toml"
-                 " db check", ok={1, 2})
+    raw = box.sh(
+        "/opt/bgworkers/venv/bin/bgworkers --config /etc/bgworkers/settings.toml db check",
+        ok={1, 2},
+    )
     assert "Access denied" in raw.stdout + raw.stderr
     _, demo, start = install_blocks()
     box.run_block(demo)
@@ -315,18 +419,20 @@ def test_mariadb_with_a_password_credential(
     engine = sa.create_engine(tenant_root_url, poolclass=NullPool)
     with engine.connect() as conn:
         serial = conn.execute(
-            sa.text("SELECT serial_number FROM job_ticket_serial LIMIT 1")).scalar_one()
+            sa.text("SELECT serial_number FROM job_ticket_serial LIMIT 1")
+        ).scalar_one()
     engine.dispose()
     outputs = box.operate(serial, secret=password)
     assert "127.0.0.1" in outputs["bgworkers db check"]
 
 
-def test_second_install_keeps_local_edits_and_uninstall_keeps_settings_and_data(
-        box: Box) -> None:
+def test_second_install_keeps_local_edits_and_uninstall_keeps_settings_and_data(box: Box) -> None:
     box.write(SETTINGS, box.read(SETTINGS) + "# a local edit\n")
     box.write("/etc/bgworkers/credentials/serial_salts", "# local\n", mode="600")
-    before = {path: box.read(path) for path in (SETTINGS, PASSWORD_FILE,
-                                                "/etc/bgworkers/credentials/serial_salts")}
+    before = {
+        path: box.read(path)
+        for path in (SETTINGS, PASSWORD_FILE, "/etc/bgworkers/credentials/serial_salts")
+    }
     install, _, _ = install_blocks()
     out = box.run_block(install)
     assert "settings.toml kept" in out, out
@@ -334,8 +440,10 @@ def test_second_install_keeps_local_edits_and_uninstall_keeps_settings_and_data(
     assert box.sh("stat -c %a /etc/bgworkers/credentials/db_password").stdout.strip() == "600"
     box.sh("bgworkers check-config")
     box.sh("make uninstall", cwd=str(REPO))
-    gone = box.sh("ls -d /opt/bgworkers/venv /usr/local/bin/bgworkers"
-                  " /etc/systemd/system/bgworkers.service 2>/dev/null | wc -l").stdout
+    gone = box.sh(
+        "ls -d /opt/bgworkers/venv /usr/local/bin/bgworkers"
+        " /etc/systemd/system/bgworkers.service 2>/dev/null | wc -l"
+    ).stdout
     assert gone.strip() == "0"
     assert {path: box.read(path) for path in before} == before
     box.sh("test -d /var/lib/private/bgworkers/demo-data")

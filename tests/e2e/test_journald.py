@@ -125,9 +125,15 @@ def test_daemon_events_are_found_by_job_and_tenant(tmp_path: Path) -> None:
     require(JOURNALD.is_file(), f"{JOURNALD} missing (apt-get install systemd)")
     require(all(shutil.which(t) for t in ("unshare", "journalctl")), "needs unshare, journalctl")
     (tmp_path / "daemon_events.py").write_text(DAEMON_EVENTS)
-    proc = subprocess.run([str(HARNESS), "bash", "-c", QUERIES], cwd=tmp_path,
-                          env={**os.environ, "PY": sys.executable}, capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [str(HARNESS), "bash", "-c", QUERIES],
+        cwd=tmp_path,
+        env={**os.environ, "PY": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for line in proc.stdout.splitlines():
@@ -137,8 +143,12 @@ def test_daemon_events_are_found_by_job_and_tenant(tmp_path: Path) -> None:
             entry = json.loads(line)
             match[entry["EVENT"]] = entry
     assert sorted(found["JOB=serial_outbox"]) == [
-        "job_run_summary", "reload_applied", "shutdown_grace_exceeded", "tenant_refused",
-        "tick_missed"]
+        "job_run_summary",
+        "reload_applied",
+        "shutdown_grace_exceeded",
+        "tenant_refused",
+        "tick_missed",
+    ]
     assert sorted(found["TENANT=maison_atelier"]) == ["catch_up", "shutdown_grace_exceeded"]
     reload = found["JOB=serial_outbox"]["reload_applied"]
     assert sorted(reload["JOB"]) == ["dashboard_fast", "heartbeat", "serial_outbox"]

@@ -29,10 +29,36 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "bgworkers.json"
 SYNTHETIC = {"up"}
 #: Names in PromQL that are not metrics: functions, keywords, aggregations, label names.
 NOT_METRICS = {
-    "sum", "max", "min", "avg", "count", "by", "without", "on", "ignoring", "group_left",
-    "group_right", "or", "and", "unless", "time", "increase", "rate", "histogram_quantile",
-    "job", "instance", "job_name", "tenant", "status", "event", "reason", "le", "version",
-    "python", "bool", "offset",
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "or",
+    "and",
+    "unless",
+    "time",
+    "increase",
+    "rate",
+    "histogram_quantile",
+    "job",
+    "instance",
+    "job_name",
+    "tenant",
+    "status",
+    "event",
+    "reason",
+    "le",
+    "version",
+    "python",
+    "bool",
+    "offset",
 }
 
 
@@ -44,8 +70,15 @@ def promtool() -> str:
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), *args], input=stdin, capture_output=True, text=True,
-                          timeout=120, check=False, cwd=RULES.parent)
+    return subprocess.run(
+        [promtool(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=RULES.parent,
+    )
 
 
 def metric_names(expr: str) -> set[str]:
@@ -81,7 +114,7 @@ def dashboard_exprs() -> list[str]:
     for var in doc["templating"]["list"]:
         query = var.get("definition", "")
         if query.startswith("label_values("):
-            found.append(query[len("label_values("):].split(",")[0])
+            found.append(query[len("label_values(") :].split(",")[0])
     return found
 
 
@@ -106,26 +139,31 @@ def test_every_rule_has_for_severity_summary_and_description_and_a_test() -> Non
     tests = RULE_TESTS.read_text()
     for name in alerts:
         firing = re.search(rf"alertname: {name}\n    exp_alerts:\n    - exp_labels", tests)
-        quiet = re.search(rf"alertname: {name}(, exp_alerts: \[\]|\n    exp_alerts: \[\])",
-                          tests)
+        quiet = re.search(rf"alertname: {name}(, exp_alerts: \[\]|\n    exp_alerts: \[\])", tests)
         assert firing and quiet, f"{name}: a test firing and one not firing"
 
 
 @pytest.fixture
 def scrape(tmp_path: Path, make_world: MakeWorld) -> Iterator[str]:
     """The text of /metrics of a running daemon (heartbeat every 1 s, outbox watch on)."""
-    urls = DbUrls("sqlite", f"sqlite:///{tmp_path}/core.db",
-                  f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db")
+    urls = DbUrls(
+        "sqlite", f"sqlite:///{tmp_path}/core.db", f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db"
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", extra=f"""
+    config = heartbeat_settings(
+        tmp_path / "settings.toml",
+        urls,
+        every="1s",
+        extra=f"""
 [metrics]
 listen = "127.0.0.1:{port}"
 [jobs.serial_outbox]
 enabled = true
 every = "1h"
-""")
+""",
+    )
     make_world(config, ["DEFAULT", "maison_atelier"], erp_schema=True)
     listener = NotifyListener()
     try:
@@ -133,15 +171,15 @@ every = "1h"
             listener.wait_for("READY")
 
             def get() -> str:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                            timeout=5) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
                     return str(resp.read().decode())
 
             deadline = time.monotonic() + 20
             text = get()
             while time.monotonic() < deadline and (
-                    "bgworkers_watch_last_success_timestamp_seconds{" not in text
-                    or 'bgworkers_last_success_timestamp_seconds{job_name="heartbeat"' not in text):
+                "bgworkers_watch_last_success_timestamp_seconds{" not in text
+                or 'bgworkers_last_success_timestamp_seconds{job_name="heartbeat"' not in text
+            ):
                 time.sleep(0.2)
                 text = get()
             proc.send_signal(signal.SIGTERM)
@@ -156,8 +194,11 @@ def test_a_real_scrape_passes_promtool_and_has_every_queried_metric(scrape: str)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert lint.stdout.strip() == "" and lint.stderr.strip() == "", lint.stdout + lint.stderr
 
-    names = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines()
-             if line and not line.startswith("#")}
+    names = {
+        line.split("{")[0].split(" ")[0]
+        for line in scrape.splitlines()
+        if line and not line.startswith("#")
+    }
     assert 'job="' not in scrape and 'instance="' not in scrape  # target labels stay Prometheus'
     for source, exprs in (("rules", rule_exprs()), ("dashboard", dashboard_exprs())):
         assert exprs, source
@@ -166,12 +207,22 @@ def test_a_real_scrape_passes_promtool_and_has_every_queried_metric(scrape: str)
         missing = used - names
         assert not missing, f"{source} query metrics the daemon does not export: {missing}"
 
-    statuses = {"ok", "partial", "failed", "timed_out", "interrupted", "abandoned", "skipped",
-                "missed"}
+    statuses = {
+        "ok",
+        "partial",
+        "failed",
+        "timed_out",
+        "interrupted",
+        "abandoned",
+        "skipped",
+        "missed",
+    }
     for tenant in ("DEFAULT", "maison_atelier"):
         for status in statuses:
-            assert (f'bgworkers_runs_total{{job_name="serial_outbox",status="{status}",'
-                    f'tenant="{tenant}"}}') in scrape
+            assert (
+                f'bgworkers_runs_total{{job_name="serial_outbox",status="{status}",'
+                f'tenant="{tenant}"}}'
+            ) in scrape
     assert 'bgworkers_job_interval_seconds{job_name="heartbeat"} 1.0' in scrape
     assert 'bgworkers_job_interval_seconds{job_name="serial_outbox"} 3600.0' in scrape
     assert re.search(r'bgworkers_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0', scrape)

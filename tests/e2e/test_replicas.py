@@ -31,8 +31,9 @@ def urls(mariadb_server_url: str, request: pytest.FixtureRequest) -> DbUrls:
     return next(generator)
 
 
-def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_path: Path,
-                                                            make_world: MakeWorld) -> None:
+def test_two_replicas_never_overlap_and_never_repeat_a_tick(
+    urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     # Runs hold their lease 1.3 s while the job fires every second: consecutive ticks
     # of a tenant contend, on one daemon and across the two.
     config = heartbeat_settings(tmp_path / "settings.toml", urls, every="1s", hold="1.3s")
@@ -42,9 +43,20 @@ def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_pa
         manual = 0
         deadline = time.monotonic() + 32
         while time.monotonic() < deadline:
-            subprocess.run([sys.executable, "-m", "bgworkers", "run-once", "heartbeat",
-                            "--config", str(config)], capture_output=True, timeout=60,
-                           check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bgworkers",
+                    "run-once",
+                    "heartbeat",
+                    "--config",
+                    str(config),
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
             manual += 1
         for proc in (a, b):
             proc.send_signal(signal.SIGTERM)
@@ -72,8 +84,9 @@ def test_two_replicas_never_overlap_and_never_repeat_a_tick(urls: DbUrls, tmp_pa
     assert set(held) == {("heartbeat", t) for t in TENANTS}
 
 
-def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path,
-                                                   make_world: MakeWorld) -> None:
+def test_killed_holder_is_taken_over_after_the_ttl(
+    urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     codes = ["DEFAULT"]
     holder = heartbeat_settings(tmp_path / "holder.toml", urls, every="1s", hold="120s")
     make_world(holder, codes)
@@ -110,7 +123,8 @@ def test_killed_holder_is_taken_over_after_the_ttl(urls: DbUrls, tmp_path: Path,
 
 
 def test_a_frozen_holder_resumed_after_a_takeover_leaves_the_record_alone(
-        urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
+    urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     """The successor's `abandoned` row is final: the late end of the frozen run
     does not overwrite it, and nothing in history shows overlapping runs."""
     holder = heartbeat_settings(tmp_path / "holder.toml", urls, every="1s", hold="8s")
@@ -125,8 +139,7 @@ def test_a_frozen_holder_resumed_after_a_takeover_leaves_the_record_alone(
         held_run = next(r for r in runs(urls.core_url) if r.status == "running")
         with daemon(taker, log=tmp_path / "taker.log") as successor:
             deadline = time.monotonic() + 20
-            while not any(r.status == "ok" and r.pid == successor.pid
-                          for r in runs(urls.core_url)):
+            while not any(r.status == "ok" and r.pid == successor.pid for r in runs(urls.core_url)):
                 assert time.monotonic() < deadline, "the tenant was never taken over"
                 time.sleep(0.1)
             successor.send_signal(signal.SIGTERM)
@@ -142,6 +155,9 @@ def test_a_frozen_holder_resumed_after_a_takeover_leaves_the_record_alone(
         assert frozen.wait(30) == 0
     after = next(r for r in runs(urls.core_url) if r.run_id == held_run.run_id)
     assert (after.status, after.error, after.ended_at) == (
-        recorded.status, recorded.error, recorded.ended_at)
+        recorded.status,
+        recorded.error,
+        recorded.ended_at,
+    )
     ended = events(tmp_path / "holder.log", "run_end_not_recorded")
     assert ended[0]["run_id"] == held_run.run_id

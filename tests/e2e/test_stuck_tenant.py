@@ -54,20 +54,27 @@ def wait_for(condition: Any, timeout: float) -> None:
 
 
 def ok_after(core_url: str, tenant: str, after: datetime) -> bool:
-    return any(r.tenant == tenant and r.status == "ok" and r.tick_at >= after
-               for r in runs(core_url))
+    return any(
+        r.tenant == tenant and r.status == "ok" and r.tick_at >= after for r in runs(core_url)
+    )
 
 
 @pytest.mark.parametrize("db_urls", ["mariadb"], indirect=True)
 @pytest.mark.parametrize("how", ["frozen", "locked"])
 def test_a_stuck_tenant_times_out_and_the_others_run_every_tick(
-        db_urls: DbUrls, tmp_path: Path, second_server: tuple[str, int], how: str,
-        make_world: MakeWorld) -> None:
+    db_urls: DbUrls, tmp_path: Path, second_server: tuple[str, int], how: str, make_world: MakeWorld
+) -> None:
     server_url, server_pid = second_server
     stuck_url = f"{server_url}/bgw_stuck_tenant?charset=utf8mb4"
-    others = "".join(f"[jobs.{spec.name}]\nenabled = false\n" for spec in REGISTRY
-                     if spec.name not in ("dashboard_fast", "heartbeat"))
-    config = write_settings(tmp_path / "s.toml", db_urls, f"""{others}
+    others = "".join(
+        f"[jobs.{spec.name}]\nenabled = false\n"
+        for spec in REGISTRY
+        if spec.name not in ("dashboard_fast", "heartbeat")
+    )
+    config = write_settings(
+        tmp_path / "s.toml",
+        db_urls,
+        f"""{others}
 [scheduler]
 lease_ttl = "3s"
 [jobs.dashboard_fast]
@@ -76,7 +83,8 @@ timeout = "{LIMIT}s"
 misfire_grace = "2s"
 [tenants.urls]
 stuck = "{stuck_url}"
-""")
+""",
+    )
     make_world(config, ["DEFAULT", "maison_atelier", "stuck"], erp_schema=True)
     begin = datetime.now(UTC).replace(tzinfo=None)
     locker = sa.create_engine(stuck_url, poolclass=NullPool)
@@ -111,8 +119,13 @@ stuck = "{stuck_url}"
         late = max(r.started_at - r.tick_at for r in mine)
         assert late < timedelta(seconds=1.5), late
     # the ticks whose whole limit fell inside the stuck time (a later one may still succeed)
-    during = [r for r in rows if r.tenant == "stuck" and stuck_from <= r.tick_at
-              and r.tick_at + timedelta(seconds=LIMIT + 1) <= stuck_until]
+    during = [
+        r
+        for r in rows
+        if r.tenant == "stuck"
+        and stuck_from <= r.tick_at
+        and r.tick_at + timedelta(seconds=LIMIT + 1) <= stuck_until
+    ]
     assert during, "no tick of the stuck tenant while it was stuck"
     for row in during:
         assert row.status == "timed_out", (row.tick_at, row.status, row.error)

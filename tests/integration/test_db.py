@@ -17,14 +17,34 @@ from bgworkers.schema import core, tenant
 from bgworkers.settings import Settings, load_settings
 
 ORGS = [
-    {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
-     "org_serial_code": "BLVR"},
-    {"id_org": 2, "code": "maison_atelier", "name": "Maison Atelier", "status": "1",
-     "org_serial_code": "MAIS"},
-    {"id_org": 3, "code": "closed_shop", "name": "Closed", "status": "inactive",
-     "org_serial_code": None},
-    {"id_org": 4, "code": "bad-code", "name": "Hyphenated", "status": "active",
-     "org_serial_code": None},
+    {
+        "id_org": 1,
+        "code": "DEFAULT",
+        "name": "Bellavier Atelier",
+        "status": "active",
+        "org_serial_code": "BLVR",
+    },
+    {
+        "id_org": 2,
+        "code": "maison_atelier",
+        "name": "Maison Atelier",
+        "status": "1",
+        "org_serial_code": "MAIS",
+    },
+    {
+        "id_org": 3,
+        "code": "closed_shop",
+        "name": "Closed",
+        "status": "inactive",
+        "org_serial_code": None,
+    },
+    {
+        "id_org": 4,
+        "code": "bad-code",
+        "name": "Hyphenated",
+        "status": "active",
+        "org_serial_code": None,
+    },
 ]
 
 
@@ -53,8 +73,10 @@ def test_init_creates_core_then_tenants_and_check_passes(config: Path, dbs: Data
     first = bgworkers(config, "db", "init")
     assert first.returncode == 0, first.stderr
     assert "core (" in first.stdout
-    assert ("created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)"
-            in first.stdout)
+    assert (
+        "created 6 tables (migrations: coord_0001, coord_0002, coord_0003, coord_0004)"
+        in first.stdout
+    )
     assert "tenant" not in first.stdout  # no organizations yet
 
     add_orgs(dbs.core)
@@ -91,24 +113,41 @@ def _erp_baseline(dbs: Databases) -> None:
 
 
 def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
-        config: Path, dbs: Databases) -> None:
+    config: Path, dbs: Databases
+) -> None:
     _erp_baseline(dbs)
     with dbs.tenant("DEFAULT").begin() as conn:
-        conn.execute(tenant.serial_link_outbox.insert().values(
-            serial_code="BLVR-X", dag_token_id=7, status="pending", retry_count=2,
-            created_at=datetime(2026, 1, 1), updated_at=datetime(2026, 1, 1)))
+        conn.execute(
+            tenant.serial_link_outbox.insert().values(
+                serial_code="BLVR-X",
+                dag_token_id=7,
+                status="pending",
+                retry_count=2,
+                created_at=datetime(2026, 1, 1),
+                updated_at=datetime(2026, 1, 1),
+            )
+        )
 
     before = bgworkers(config, "db", "check")
     assert before.returncode == 1
     assert "core (" in before.stdout and (
         "MISSING table bgw_run; table bgw_lease; table bgw_pause (run `bgworkers db upgrade`)"
-        in before.stdout)
-    assert before.stdout.count(
-        "MISSING column serial_link_outbox.next_attempt_at; index ix_serial_link_outbox_due; ") == 2
-    assert before.stdout.count(
-        "table mv_dashboard_trends; table bgw_node_visit (run `bgworkers db upgrade`)") == 2
+        in before.stdout
+    )
+    assert (
+        before.stdout.count(
+            "MISSING column serial_link_outbox.next_attempt_at; index ix_serial_link_outbox_due; "
+        )
+        == 2
+    )
+    assert (
+        before.stdout.count(
+            "table mv_dashboard_trends; table bgw_node_visit (run `bgworkers db upgrade`)"
+        )
+        == 2
+    )
     # a MySQL ENUM lacks the project's reasons; SQLite stores them as text
-    widen = ("values orphaned, registry_mismatch, unregistered of ENUM serial_quarantine.reason")
+    widen = "values orphaned, registry_mismatch, unregistered of ENUM serial_quarantine.reason"
     assert before.stdout.count(widen) == (2 if dbs.core.dialect.name == "mysql" else 0)
 
     dry = bgworkers(config, "db", "upgrade", "--dry-run")
@@ -134,9 +173,15 @@ def test_upgrade_is_additive_idempotent_and_dry_run_changes_nothing(
     with dbs.tenant("DEFAULT").begin() as conn:
         row = conn.execute(sa.select(tenant.serial_link_outbox)).one()
         assert (row.serial_code, row.retry_count, row.next_attempt_at) == ("BLVR-X", 2, None)
-        conn.execute(tenant.serial_quarantine.insert().values(
-            serial_code="BLVR-X", source_table="job_ticket_serial", source_id=1,
-            reason="registry_mismatch", detected_at=datetime(2026, 1, 1)))
+        conn.execute(
+            tenant.serial_quarantine.insert().values(
+                serial_code="BLVR-X",
+                source_table="job_ticket_serial",
+                source_id=1,
+                reason="registry_mismatch",
+                detected_at=datetime(2026, 1, 1),
+            )
+        )
 
 
 def test_upgrade_of_one_tenant(config: Path, dbs: Databases) -> None:
@@ -151,10 +196,14 @@ def test_upgrade_of_one_tenant(config: Path, dbs: Databases) -> None:
 
 
 def test_unreachable_tenant_fails_alone(db_urls: DbUrls, tmp_path: Path) -> None:
-    broken = ("sqlite:////nonexistent-dir/t.db" if db_urls.backend == "sqlite"
-              else db_urls.tenant("nobody_has_this_db"))
-    config = write_settings(tmp_path / "s.toml", db_urls,
-                            f"[tenants.urls]\nmaison_atelier = '{broken}'\n")
+    broken = (
+        "sqlite:////nonexistent-dir/t.db"
+        if db_urls.backend == "sqlite"
+        else db_urls.tenant("nobody_has_this_db")
+    )
+    config = write_settings(
+        tmp_path / "s.toml", db_urls, f"[tenants.urls]\nmaison_atelier = '{broken}'\n"
+    )
     dbs = Databases(load_settings(config))
     try:
         assert bgworkers(config, "db", "init").returncode == 0
@@ -172,18 +221,33 @@ def test_unreachable_tenant_fails_alone(db_urls: DbUrls, tmp_path: Path) -> None
 
 
 def test_discovery_filters_and_urls(db_urls: DbUrls, tmp_path: Path) -> None:
-    config = write_settings(tmp_path / "s.toml", db_urls, """
+    config = write_settings(
+        tmp_path / "s.toml",
+        db_urls,
+        """
 [tenants]
 exclude = ["maison_atelier"]
 [tenants.urls]
 DEFAULT = "sqlite:///override.db"
-""")
+""",
+    )
     settings = load_settings(config)
     dbs = Databases(settings)
     try:
         core.metadata.create_all(dbs.core)
-        add_orgs(dbs.core, [*ORGS, {"id_org": 5, "code": "Atelier_5", "name": "Five",
-                                    "status": "ACTIVE", "org_serial_code": "AT05"}])
+        add_orgs(
+            dbs.core,
+            [
+                *ORGS,
+                {
+                    "id_org": 5,
+                    "code": "Atelier_5",
+                    "name": "Five",
+                    "status": "ACTIVE",
+                    "org_serial_code": "AT05",
+                },
+            ],
+        )
         tenants, problems = discover(settings, dbs.core)
     finally:
         dbs.dispose()

@@ -64,8 +64,7 @@ ARGS: dict[str, Any] = {"tenants": 2, "scale": 1.0, "seed": 7, "at": AT}
 def _demo(urls: DbUrls, directory: Path, **kwargs: Any) -> Demo:
     """Demo data generated with ARGS (and `kwargs`) in `urls`' databases."""
     directory.mkdir(parents=True, exist_ok=True)
-    world = build_world(write_settings(directory / "settings.toml", urls),
-                        demo={**ARGS, **kwargs})
+    world = build_world(write_settings(directory / "settings.toml", urls), demo={**ARGS, **kwargs})
     return Demo(world.settings, world.dbs, urls, directory, world.lines)
 
 
@@ -453,8 +452,11 @@ def test_progress_lines_while_generation_runs_long(db_urls: DbUrls, tmp_path: Pa
     try:
         progress = [line for line in made.lines if line.startswith("demo-data: progress: ")]
         assert progress, made.lines
-        assert re.fullmatch(r"demo-data: progress: [0-3]/3 tenants done, [\d,]+ rows written, "
-                            r"now \w+, \d+ s", progress[-1])
+        assert re.fullmatch(
+            r"demo-data: progress: [0-3]/3 tenants done, [\d,]+ rows written, "
+            r"now \w+, \d+ s",
+            progress[-1],
+        )
         assert made.run(reset=True) == 0  # fast at the default interval: no progress line
         assert not any("progress:" in line for line in made.lines)
     finally:
@@ -490,8 +492,10 @@ def test_sixty_tenants_each_get_their_data(db_urls: DbUrls, tmp_path: Path) -> N
             for table in (tenant.job_ticket_serial, tenant.flow_token, tenant.token_event):
                 assert _count(engine, table) == rows[table.name] > 0, (t.code, table.name)
         assert _count(many.dbs.core, reg) == reported == sum(per_tenant.values())
-        exempt = _all(many.dbs.core, sa.select(reg.c.serial_code, reg.c.org_code).where(
-            reg.c.serial_code.like("LOT-%")))
+        exempt = _all(
+            many.dbs.core,
+            sa.select(reg.c.serial_code, reg.c.org_code).where(reg.c.serial_code.like("LOT-%")),
+        )
         assert len(exempt) >= 60
         assert len({serial for serial, _ in exempt}) == len(exempt)
         assert {code for _, code in exempt} == {t.code for t in tenants}

@@ -28,8 +28,13 @@ from bgworkers.jobs.dashboards import job as dashboard
 from bgworkers.service import dbadmin
 from bgworkers.settings import Settings, load_settings
 
-JOBS = ("serial_consistency", "serial_outbox", "dashboard_fast", "dashboard_medium",
-        "dashboard_slow")
+JOBS = (
+    "serial_consistency",
+    "serial_outbox",
+    "dashboard_fast",
+    "dashboard_medium",
+    "dashboard_slow",
+)
 ADDED_REASONS = ("orphaned", "registry_mismatch", "unregistered")
 
 
@@ -59,13 +64,15 @@ class Install:
 
     def untouched(self) -> dict[str, str]:
         digest = table_digest({"core": self.dbs.core, "tenant": self.tenant})
-        return {k: v for k, v in digest.items()
-                if k.split(".")[1] in erp.UNTOUCHED[k.split(".")[0]]}
+        return {
+            k: v for k, v in digest.items() if k.split(".")[1] in erp.UNTOUCHED[k.split(".")[0]]
+        }
 
 
 @pytest.fixture(params=erp.SHAPES)
-def install(request: pytest.FixtureRequest, db_urls: DbUrls, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Install]:
+def install(
+    request: pytest.FixtureRequest, db_urls: DbUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Install]:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.setenv(erp.SALTS_ENV, erp.SALTS)
     settings = load_settings(write_settings(tmp_path / "settings.toml", db_urls))
@@ -88,8 +95,10 @@ def schema(engine: sa.Engine) -> dict[str, Any]:
     out = {}
     for name in sorted(insp.get_table_names()):
         columns = [(c["name"], repr(c["type"]), c["nullable"]) for c in insp.get_columns(name)]
-        indexes = sorted((str(ix["name"]), tuple(ix["column_names"]), bool(ix["unique"]))
-                         for ix in insp.get_indexes(name))
+        indexes = sorted(
+            (str(ix["name"]), tuple(ix["column_names"]), bool(ix["unique"]))
+            for ix in insp.get_indexes(name)
+        )
         out[name] = (columns, indexes)
     return out
 
@@ -112,8 +121,9 @@ def _dec(value: Any) -> Any:
     return None if value is None else Decimal(str(value)).quantize(Decimal("0.01"))
 
 
-def latest(engine: sa.Engine, name: str, key: tuple[str, ...],
-           values: tuple[str, ...]) -> dict[Any, tuple[Any, ...]]:
+def latest(
+    engine: sa.Engine, name: str, key: tuple[str, ...], values: tuple[str, ...]
+) -> dict[Any, tuple[Any, ...]]:
     table = sa.Table(name, sa.MetaData(), autoload_with=engine)
     newest = sa.select(sa.func.max(table.c.snapshot_at)).scalar_subquery()
     cols = [table.c[c] for c in (*key, *values)]
@@ -123,14 +133,16 @@ def latest(engine: sa.Engine, name: str, key: tuple[str, ...],
     for row in rows:
         k = tuple(row[: len(key)])
         out[k if len(k) > 1 else k[0]] = tuple(
-            _dec(v) if isinstance(v, Decimal | float) else v for v in row[len(key):])
+            _dec(v) if isinstance(v, Decimal | float) else v for v in row[len(key) :]
+        )
     assert len(out) == len(rows)
     return out
 
 
 def _norm(expected: dict[Any, tuple[Any, ...]]) -> dict[Any, tuple[Any, ...]]:
-    return {k: tuple(_dec(v) if isinstance(v, Decimal) else v for v in vs)
-            for k, vs in expected.items()}
+    return {
+        k: tuple(_dec(v) if isinstance(v, Decimal) else v for v in vs) for k, vs in expected.items()
+    }
 
 
 def test_documented_schema_check_upgrade_jobs_and_a_second_upgrade(install: Install) -> None:
@@ -146,24 +158,32 @@ def test_documented_schema_check_upgrade_jobs_and_a_second_upgrade(install: Inst
     assert "MISSING table bgw_run; table bgw_lease" in core_line
     assert tenant_line.endswith("(run `bgworkers db upgrade`)")
     if shape == "guide":
-        assert "column mv_cycle_time_analytics.p50_minutes; " \
-               "column mv_cycle_time_analytics.p95_minutes" in tenant_line
+        assert (
+            "column mv_cycle_time_analytics.p50_minutes; "
+            "column mv_cycle_time_analytics.p95_minutes" in tenant_line
+        )
         assert "table mv_dashboard_trends" not in tenant_line  # the install's own is used
     else:
-        assert "column mv_node_bottlenecks.node_code; column mv_node_bottlenecks.node_name; " \
-               "column mv_team_workload.team_name; column mv_team_workload.team_category" \
-               in tenant_line
+        assert (
+            "column mv_node_bottlenecks.node_code; column mv_node_bottlenecks.node_name; "
+            "column mv_team_workload.team_name; column mv_team_workload.team_category"
+            in tenant_line
+        )
         assert "table mv_dashboard_trends" in tenant_line
 
     # before the upgrade a refresh fails on the schema, and says what to run
-    job, table, column = (("dashboard_medium", "mv_cycle_time_analytics", "p50_minutes")
-                          if shape == "guide" else
-                          ("dashboard_fast", "mv_node_bottlenecks", "node_code"))
+    job, table, column = (
+        ("dashboard_medium", "mv_cycle_time_analytics", "p50_minutes")
+        if shape == "guide"
+        else ("dashboard_fast", "mv_node_bottlenecks", "node_code")
+    )
     ctx = make_context(install.settings, install.dbs, "DEFAULT", erp.NOW, job)
     dashboard.run(ctx)
     name = tenant_db.url.database
-    expected_error = (f"tenant DEFAULT database {name}: table {table} has no column {column}; "
-                      "run `bgworkers db upgrade`")
+    expected_error = (
+        f"tenant DEFAULT database {name}: table {table} has no column {column}; "
+        "run `bgworkers db upgrade`"
+    )
     assert any(expected_error in problem for problem in ctx.problems), ctx.problems
 
     # the dry run prints exactly what the upgrade runs: applied by hand to copies built
@@ -176,8 +196,10 @@ def test_documented_schema_check_upgrade_jobs_and_a_second_upgrade(install: Inst
     assert tenant_sql.count("CREATE TABLE mv_dashboard_trends") == (shape == "t27")
     assert "\n".join(sql["core"]).count("CREATE INDEX ix_bgw_run_job_tenant_status") == 1
     assert schema(tenant_db) == erp_schema["tenant"]  # the dry run changed nothing
-    copies = {"core": install.engine_for("corecopy", "core"),
-              "tenant DEFAULT": install.engine_for("tenantcopy", "tenant")}
+    copies = {
+        "core": install.engine_for("corecopy", "core"),
+        "tenant DEFAULT": install.engine_for("tenantcopy", "tenant"),
+    }
     for label, engine in copies.items():
         with engine.begin() as conn:
             for stmt in sql[label]:
@@ -205,12 +227,17 @@ def test_documented_schema_check_upgrade_jobs_and_a_second_upgrade(install: Inst
             assert set(indexes) <= set(now[table][1]), table
     if tenant_db.dialect.name == "mysql":  # the ENUM only widened, the ERP's values first
         with tenant_db.connect() as conn:
-            column_type, nullable = conn.execute(sa.text(
-                "SELECT COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'serial_quarantine' "
-                "AND COLUMN_NAME = 'reason'")).one()
-        assert column_type == ("enum('invalid_format','checksum_fail','hash_fail','duplicate',"
-                               "'orphaned','registry_mismatch','unregistered')")
+            column_type, nullable = conn.execute(
+                sa.text(
+                    "SELECT COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'serial_quarantine' "
+                    "AND COLUMN_NAME = 'reason'"
+                )
+            ).one()
+        assert column_type == (
+            "enum('invalid_format','checksum_fail','hash_fail','duplicate',"
+            "'orphaned','registry_mismatch','unregistered')"
+        )
         assert nullable == "NO"
 
     # every job, through the runner, at the scenario's time
@@ -231,55 +258,89 @@ def test_documented_schema_check_upgrade_jobs_and_a_second_upgrade(install: Inst
     status, again = install.lines("upgrade", None, False)
     assert status == 0 and all(line.endswith("up to date, nothing to do") for line in again)
     status, dry = install.lines("upgrade", None, True)
-    assert status == 0 and all(line.startswith("-- ") and line.endswith("nothing to do")
-                               for line in dry), dry
+    assert status == 0 and all(
+        line.startswith("-- ") and line.endswith("nothing to do") for line in dry
+    ), dry
     assert install.untouched() == before_digest
 
 
 def _assert_dashboards(engine: sa.Engine) -> None:
-    flow = latest(engine, "mv_token_flow_summary", ("graph_id", "node_id", "team_id"),
-                  ("wip_count", "completed_count", "waiting_count"))
+    flow = latest(
+        engine,
+        "mv_token_flow_summary",
+        ("graph_id", "node_id", "team_id"),
+        ("wip_count", "completed_count", "waiting_count"),
+    )
     assert flow == dd.FLOW
-    bottlenecks = latest(engine, "mv_node_bottlenecks", ("node_id",),
-                         ("node_code", "node_name", "queue_depth", "avg_wait_minutes",
-                          "bottleneck_score"))
+    bottlenecks = latest(
+        engine,
+        "mv_node_bottlenecks",
+        ("node_id",),
+        ("node_code", "node_name", "queue_depth", "avg_wait_minutes", "bottleneck_score"),
+    )
     assert bottlenecks == _norm(dd.BOTTLENECKS)
-    workload = latest(engine, "mv_team_workload", ("team_id",),
-                      ("team_name", "team_category", "active_tokens", "waiting_tokens",
-                       "avg_load"))
+    workload = latest(
+        engine,
+        "mv_team_workload",
+        ("team_id",),
+        ("team_name", "team_category", "active_tokens", "waiting_tokens", "avg_load"),
+    )
     assert workload == _norm(erp.WORKLOAD)
-    cycle = latest(engine, "mv_cycle_time_analytics", ("node_id", "team_id"),
-                   ("token_count", "p50_minutes", "p95_minutes", "avg_minutes"))
+    cycle = latest(
+        engine,
+        "mv_cycle_time_analytics",
+        ("node_id", "team_id"),
+        ("token_count", "p50_minutes", "p95_minutes", "avg_minutes"),
+    )
     assert cycle == _norm(dd.CYCLE)
-    trends = latest(engine, "mv_dashboard_trends", ("period_date", "production_type", "graph_id"),
-                    ("tokens_spawned", "tokens_completed", "avg_lead_time_hours",
-                     "throughput_per_day"))
+    trends = latest(
+        engine,
+        "mv_dashboard_trends",
+        ("period_date", "production_type", "graph_id"),
+        ("tokens_spawned", "tokens_completed", "avg_lead_time_hours", "throughput_per_day"),
+    )
     assert trends == _norm(dd.TRENDS)
 
 
 def _assert_serials(install: Install) -> None:
     with install.tenant.connect() as conn:
-        reasons = set(conn.execute(sa.text(
-            "SELECT serial_code, reason FROM serial_quarantine WHERE resolved_at IS NULL")).all())
-        outbox = conn.execute(sa.text(
-            "SELECT serial_code, dag_token_id, status, next_attempt_at "
-            "FROM serial_link_outbox")).all()
-        links = dict(conn.execute(sa.text(
-            "SELECT serial_number, spawned_token_id FROM job_ticket_serial")).all())
+        reasons = set(
+            conn.execute(
+                sa.text(
+                    "SELECT serial_code, reason FROM serial_quarantine WHERE resolved_at IS NULL"
+                )
+            ).all()
+        )
+        outbox = conn.execute(
+            sa.text(
+                "SELECT serial_code, dag_token_id, status, next_attempt_at FROM serial_link_outbox"
+            )
+        ).all()
+        links = dict(
+            conn.execute(
+                sa.text("SELECT serial_number, spawned_token_id FROM job_ticket_serial")
+            ).all()
+        )
     assert reasons == {(erp.SERIAL["orphan"], "orphaned"), (erp.BAD, "checksum_fail")}
     assert [tuple(r) for r in outbox] == [(erp.SERIAL["core"], 1, "done", None)]
     assert links[erp.SERIAL["tenant"]] == 2  # the missing tenant link, made
     with install.dbs.core.connect() as conn:
-        core_links = dict(conn.execute(sa.text(
-            "SELECT serial_code, dag_token_id FROM serial_registry")).all())
+        core_links = dict(
+            conn.execute(sa.text("SELECT serial_code, dag_token_id FROM serial_registry")).all()
+        )
     assert core_links[erp.SERIAL["core"]] == 1  # linked in core by the outbox
 
 
 def _assert_php_snapshots_purged(engine: sa.Engine, shape: str) -> None:
     old, recent = (at for at, _ in erp.PHP_SNAPSHOTS)
     with engine.connect() as conn:
-        for name in ("mv_token_flow_summary", "mv_node_bottlenecks", "mv_team_workload",
-                     "mv_cycle_time_analytics", "mv_dashboard_trends"):
+        for name in (
+            "mv_token_flow_summary",
+            "mv_node_bottlenecks",
+            "mv_team_workload",
+            "mv_cycle_time_analytics",
+            "mv_dashboard_trends",
+        ):
             at = sa.text(f"SELECT snapshot_at FROM {name} WHERE snapshot_at < :snap")
             kept = [str(r[0])[:19] for r in conn.execute(at, {"snap": erp.SNAP})]
             # past retention: gone; the PHP script's last hour is still within it
@@ -291,17 +352,18 @@ def _assert_php_snapshots_purged(engine: sa.Engine, shape: str) -> None:
 @pytest.mark.mariadb
 @pytest.mark.parametrize("db_urls", ["mariadb"], indirect=True)  # ENUMs: MySQL/MariaDB only
 @pytest.mark.parametrize("install", ["t27"], indirect=True)  # one shape suffices
-def test_enum_widening_keeps_the_columns_own_values_default_and_comment(
-        install: Install) -> None:
+def test_enum_widening_keeps_the_columns_own_values_default_and_comment(install: Install) -> None:
     query = sa.text(
         "SELECT COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLLATION_NAME, COLUMN_COMMENT "
         "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-        "AND TABLE_NAME = 'serial_quarantine' AND COLUMN_NAME = 'reason'")
+        "AND TABLE_NAME = 'serial_quarantine' AND COLUMN_NAME = 'reason'"
+    )
     with install.tenant.begin() as conn:  # a later ERP release: its own value, a default
         conn.exec_driver_sql(
             "ALTER TABLE serial_quarantine MODIFY reason ENUM('invalid_format','checksum_fail',"
             "'hash_fail','duplicate','it''s manual') CHARACTER SET utf8mb4 "
-            "COLLATE utf8mb4_unicode_ci NOT NULL DEFAULT 'duplicate' COMMENT 'why it''s held'")
+            "COLLATE utf8mb4_unicode_ci NOT NULL DEFAULT 'duplicate' COMMENT 'why it''s held'"
+        )
         before = conn.execute(query).one()
     status, lines = install.lines("upgrade", None, False)
     assert status == 0, lines

@@ -36,8 +36,9 @@ class Monotonic:
         self.now += seconds
 
 
-def leases(dbs: Databases, holder: str, ttl: float = 30.0,
-           monotonic: Callable[[], float] = time.monotonic) -> Leases:
+def leases(
+    dbs: Databases, holder: str, ttl: float = 30.0, monotonic: Callable[[], float] = time.monotonic
+) -> Leases:
     return Leases(lambda: dbs.coordination, holder, ttl, monotonic)
 
 
@@ -54,7 +55,8 @@ def test_one_holder_per_group_and_tenant(dbs: Databases) -> None:
 
 
 def test_a_lease_unrenewed_for_a_whole_ttl_fails_its_check_until_renewed(
-        dbs: Databases, tmp_path: Path) -> None:
+    dbs: Databases, tmp_path: Path
+) -> None:
     clock = Monotonic()
     engine = [dbs.coordination]
     holder = Leases(lambda: engine[0], "host-a:1", 30.0, clock)

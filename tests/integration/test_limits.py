@@ -36,11 +36,15 @@ LIMIT = 2.0
 
 @pytest.fixture
 def config(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> Path:
-    path = heartbeat_settings(tmp_path / "s.toml", db_urls, extra=f"""
+    path = heartbeat_settings(
+        tmp_path / "s.toml",
+        db_urls,
+        extra=f"""
 [jobs.serial_outbox]
 enabled = true
 timeout = "{LIMIT:g}s"
-""")
+""",
+    )
     make_world(path, ["DEFAULT", "maison_atelier"], erp_schema=True)
     return path
 
@@ -142,7 +146,8 @@ def test_a_slow_tenant_misses_its_own_ticks_only(db_urls: DbUrls, config: Path) 
 
 
 def test_a_stuck_tenant_never_takes_the_workers_of_the_others(
-        db_urls: DbUrls, config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_urls: DbUrls, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Once it timed out, the stuck tenant waits in a lane of its own: with one
     worker, the other tenant's runs still start at once."""
     monkeypatch.setenv("BGWORKERS_SCHEDULER__MAX_WORKERS", "1")
@@ -174,13 +179,18 @@ def test_session_limits_follow_the_run(db_urls: DbUrls, config: Path, seconds: f
     try:
         if db_urls.backend == "sqlite":
             with limits.limited(seconds), engine.connect() as conn:
-                assert seconds * 1000 - 100 < conn.exec_driver_sql(
-                    "PRAGMA busy_timeout").scalar_one() <= seconds * 1000
+                assert (
+                    seconds * 1000 - 100
+                    < conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+                    <= seconds * 1000
+                )
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 30_000
             return
-        query = ("SELECT @@session.max_statement_time, @@session.lock_wait_timeout, "
-                 "@@session.innodb_lock_wait_timeout")
+        query = (
+            "SELECT @@session.max_statement_time, @@session.lock_wait_timeout, "
+            "@@session.innodb_lock_wait_timeout"
+        )
         with engine.connect() as conn:
             server = tuple(conn.exec_driver_sql(query).one())
         with limits.limited(seconds), engine.connect() as conn:
@@ -199,8 +209,11 @@ def test_a_run_past_its_limit_sends_no_more_statements(db_urls: DbUrls, config: 
     engine = runner.dbs.tenant("DEFAULT")
     try:
         # closing may fail: by then the watchdog may have cut the connection too
-        with (limits.limited(0.2) as limit, contextlib.suppress(sa.exc.OperationalError),
-              engine.connect() as conn):
+        with (
+            limits.limited(0.2) as limit,
+            contextlib.suppress(sa.exc.OperationalError),
+            engine.connect() as conn,
+        ):
             conn.exec_driver_sql("SELECT 1")
             time.sleep(0.3)
             with pytest.raises(limits.RunTimedOut, match=r"^timed out after 0.2 s in: SELECT 1$"):

@@ -45,8 +45,11 @@ def tick(config: Path, at: datetime) -> dict[str, tuple[str, str | None]]:
 
 
 def history_at(core_url: str, at: datetime) -> dict[str, tuple[str, str | None]]:
-    return {r.tenant: (r.status, r.error) for r in runs(core_url)
-            if r.tick_at == at.replace(tzinfo=None)}
+    return {
+        r.tenant: (r.status, r.error)
+        for r in runs(core_url)
+        if r.tick_at == at.replace(tzinfo=None)
+    }
 
 
 def status_json(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
@@ -68,9 +71,11 @@ PAUSED_BY = re.compile(r"paused by \S+@\S+ since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d 
 
 
 def test_a_paused_tenant_is_skipped_while_the_other_runs_until_resumed(
-        db_urls: DbUrls, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = cli(config, capsys, "pause", "heartbeat", "--tenant", "alpha",
-                    "--reason", "disk swap")
+    db_urls: DbUrls, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = cli(
+        config, capsys, "pause", "heartbeat", "--tenant", "alpha", "--reason", "disk swap"
+    )
     assert code == 0 and out.startswith("heartbeat: paused for tenant alpha: paused by ")
 
     first = tick(config, TICK)
@@ -89,13 +94,15 @@ def test_a_paused_tenant_is_skipped_while_the_other_runs_until_resumed(
     assert alpha["last_run"]["outcome"] == "skipped"  # history stays what it is
     code, out = cli(config, capsys, "status")
     assert out.splitlines()[0] == (
-        "BGWORKERS OK - 0 critical, 0 warning, 1 ok, 1 paused (2 job/tenant pairs)")
+        "BGWORKERS OK - 0 critical, 0 warning, 1 ok, 1 paused (2 job/tenant pairs)"
+    )
     assert re.search(r"^PAUSED\s+heartbeat\s+alpha\s", out, re.M)
     assert jobs_paused_cell(config, capsys) == "alpha"
 
     code, out = cli(config, capsys, "pause", "heartbeat", "--tenant", "alpha")
-    assert code == 0 and out.startswith("heartbeat: already paused (left as it was) for "
-                                        "tenant alpha: paused by ")
+    assert code == 0 and out.startswith(
+        "heartbeat: already paused (left as it was) for tenant alpha: paused by "
+    )
     assert out.rstrip().endswith(": disk swap")  # the first pause and its reason stand
 
     code, out = cli(config, capsys, "resume", "heartbeat", "--tenant", "alpha")
@@ -105,16 +112,21 @@ def test_a_paused_tenant_is_skipped_while_the_other_runs_until_resumed(
     code, doc = status_json(config, capsys)
     assert code == 0 and doc["counts"]["paused"] == 0
     assert cli(config, capsys, "resume", "heartbeat", "--tenant", "alpha") == (
-        0, "heartbeat: was not paused for tenant alpha: nothing to resume\n")
+        0,
+        "heartbeat: was not paused for tenant alpha: nothing to resume\n",
+    )
 
 
-def test_a_pause_for_all_tenants(db_urls: DbUrls, config: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_pause_for_all_tenants(
+    db_urls: DbUrls, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out = cli(config, capsys, "pause", "heartbeat", "--reason", "disk swap")
     assert code == 0 and out.startswith("heartbeat: paused for all tenants: paused by ")
     result = tick(config, TICK)
     assert {code: status for code, (status, _) in result.items()} == {
-        "alpha": "skipped", "beta": "skipped"}
+        "alpha": "skipped",
+        "beta": "skipped",
+    }
     assert all(PAUSED_BY.fullmatch(str(error)) for _, error in result.values())
     assert jobs_paused_cell(config, capsys) == "all tenants"
     code, doc = status_json(config, capsys)
@@ -126,17 +138,21 @@ def test_a_pause_for_all_tenants(db_urls: DbUrls, config: Path,
     code, out = cli(config, capsys, "resume", "heartbeat", "--tenant", "alpha")
     assert code == 1
     assert out.splitlines()[-1].startswith(
-        "heartbeat: still paused for all tenants, so for alpha too: paused by ")
+        "heartbeat: still paused for all tenants, so for alpha too: paused by "
+    )
     assert cli(config, capsys, "pause", "heartbeat", "--tenant", "beta")[0] == 0
     code, out = cli(config, capsys, "resume", "heartbeat")  # every pause of the job
     assert code == 0
     assert [line.split(" (was ")[0] for line in out.splitlines()] == [
-        "heartbeat: resumed for all tenants", "heartbeat: resumed for tenant beta"]
+        "heartbeat: resumed for all tenants",
+        "heartbeat: resumed for tenant beta",
+    ]
     assert tick(config, TICK + MINUTE) == {"alpha": ("ok", None), "beta": ("ok", None)}
 
 
 def test_a_dry_run_ignores_pauses_and_an_unreadable_pause_table_stops_nothing(
-        db_urls: DbUrls, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db_urls: DbUrls, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli(config, capsys, "pause", "heartbeat")[0] == 0
     runner = Runner(load_settings(config), BY_NAME)
     try:
@@ -159,37 +175,53 @@ def test_a_dry_run_ignores_pauses_and_an_unreadable_pause_table_stops_nothing(
     assert code == 1 and "bgw_pause" in out
 
 
-def test_unknown_job_or_tenant_is_bad_usage(config: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_job_or_tenant_is_bad_usage(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     done = bgworkers("pause", "nightly", "--config", str(config))
     assert done.returncode == 2
     assert "invalid choice: 'nightly'" in done.stderr and "'heartbeat'" in done.stderr
     assert cli(config, capsys, "pause", "heartbeat", "--tenant", "Alpha") == (
-        2, "tenant Alpha: not in core organization; did you mean 'alpha'?\n")
+        2,
+        "tenant Alpha: not in core organization; did you mean 'alpha'?\n",
+    )
     assert cli(config, capsys, "resume", "heartbeat", "--tenant", "nobody") == (
-        2, "tenant nobody: not in core organization\n")
+        2,
+        "tenant nobody: not in core organization\n",
+    )
 
 
 def test_db_upgrade_adds_the_pause_table_to_an_older_coordination_database(
-        db_urls: DbUrls, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        make_world: MakeWorld) -> None:
+    db_urls: DbUrls, tmp_path: Path, capsys: pytest.CaptureFixture[str], make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls)
     make_world(config, ["alpha"], erp_schema=True)  # so that db check passes
     engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:  # as coord_0002 left it
         conn.execute(sa.text("DROP TABLE bgw_pause"))
         for name in ("ix_bgw_run_job_started", "ix_bgw_run_tenant_started"):
-            conn.execute(sa.text(f"DROP INDEX {name}" if db_urls.backend == "sqlite"
-                                 else f"DROP INDEX {name} ON bgw_run"))
+            conn.execute(
+                sa.text(
+                    f"DROP INDEX {name}"
+                    if db_urls.backend == "sqlite"
+                    else f"DROP INDEX {name} ON bgw_run"
+                )
+            )
         conn.execute(sa.text("UPDATE bgw_schema_version SET version_num = 'coord_0002'"))
     code, out = cli(config, capsys, "db", "upgrade")
     assert code == 0 and "applied coord_0003, coord_0004" in out, out
     inspector = sa.inspect(engine)
     assert inspector.has_table("bgw_pause")
     assert {c["name"] for c in inspector.get_columns("bgw_pause")} == {
-        "job", "tenant", "paused_at", "paused_by", "reason"}
+        "job",
+        "tenant",
+        "paused_at",
+        "paused_by",
+        "reason",
+    }
     assert {"ix_bgw_run_job_started", "ix_bgw_run_tenant_started"} <= {
-        ix["name"] for ix in inspector.get_indexes("bgw_run")}
+        ix["name"] for ix in inspector.get_indexes("bgw_run")
+    }
     engine.dispose()
     assert cli(config, capsys, "db", "check")[0] == 0
     assert cli(config, capsys, "pause", "heartbeat")[0] == 0

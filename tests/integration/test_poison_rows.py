@@ -48,8 +48,12 @@ RECENT = UTC_NOW - timedelta(days=1)
 ZERO_DATE, YEAR_ONE = "0000-00-00 00:00:00", "0001-01-01 00:00:00"
 UNDECODABLE = "X'424C56522D42FF'"  # SQL blob literal: 'BLVR-B', then a lone 0xFF byte
 
-S = {name: std(seq) for seq, name in enumerate(
-    ("link", "core", "tz_zero", "tz_one", "orph", "gen_zero", "gen_text", "fresh"), start=1)}
+S = {
+    name: std(seq)
+    for seq, name in enumerate(
+        ("link", "core", "tz_zero", "tz_one", "orph", "gen_zero", "gen_text", "fresh"), start=1
+    )
+}
 LONG = "L" * 80  # fits flow_token (100) and job_ticket_serial, not the ERP's quarantine (64)
 HOSTILE = {  # id_token -> legal data, classified invalid_format and quarantined
     12: "hello world",
@@ -98,9 +102,18 @@ BAD_ROWS = {
 }
 SQLITE_ONLY_BAD_ROWS = {("flow_token", 20): "not valid UTF-8"}
 EXPECTED = {
-    "missing_tenant_links": 1, "missing_core_links": 1, "invalid_formats": len(HOSTILE),
-    "orphaned": 1, "duplicates": 0, "mismatches": 0, "unregistered": 0, "legacy": 0,
-    "fixed": 2, "quarantined": len(HOSTILE) + 1, "bad_rows": len(BAD_ROWS), "errors": 0,
+    "missing_tenant_links": 1,
+    "missing_core_links": 1,
+    "invalid_formats": len(HOSTILE),
+    "orphaned": 1,
+    "duplicates": 0,
+    "mismatches": 0,
+    "unregistered": 0,
+    "legacy": 0,
+    "fixed": 2,
+    "quarantined": len(HOSTILE) + 1,
+    "bad_rows": len(BAD_ROWS),
+    "errors": 0,
 }
 EXPECTED_QUARANTINE = {
     *((serial, "invalid_format", "flow_token", tid) for tid, serial in HOSTILE.items()),
@@ -138,11 +151,22 @@ class Env:
 @pytest.fixture
 def env(db_urls: DbUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    path = write_settings(tmp_path / "settings.toml", db_urls,
-                          "[jobs.serial_consistency]\nchunk_size = 3\n")
-    world = build_world(path, [{"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier",
-                                "status": "active", "org_serial_code": "BLVR"}],
-                        erp_schema=True)
+    path = write_settings(
+        tmp_path / "settings.toml", db_urls, "[jobs.serial_consistency]\nchunk_size = 3\n"
+    )
+    world = build_world(
+        path,
+        [
+            {
+                "id_org": 1,
+                "code": "DEFAULT",
+                "name": "Bellavier Atelier",
+                "status": "active",
+                "org_serial_code": "BLVR",
+            }
+        ],
+        erp_schema=True,
+    )
     try:
         yield Env(world.settings, world.dbs, db_urls.backend)
     finally:
@@ -163,11 +187,21 @@ def like_erp_install(engine: sa.Engine, table: str, columns: dict[str, str]) -> 
             for name, definition in columns.items():
                 conn.execute(sa.text(f"ALTER TABLE {table} MODIFY {name} {definition}"))
             return
-        ddl = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' "
-                                   "AND name = :t"), {"t": table}).scalar_one()
-        indexes = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'index' "
-                                       "AND tbl_name = :t AND sql IS NOT NULL"),
-                               {"t": table}).scalars().all()
+        ddl = conn.execute(
+            sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
+            {"t": table},
+        ).scalar_one()
+        indexes = (
+            conn.execute(
+                sa.text(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = :t AND sql IS NOT NULL"
+                ),
+                {"t": table},
+            )
+            .scalars()
+            .all()
+        )
         for name, definition in columns.items():
             ddl, n = re.subn(rf"\b{name} [^,]+,", f"{name} {definition},", ddl)
             assert n == 1, ddl
@@ -180,38 +214,84 @@ def like_erp_install(engine: sa.Engine, table: str, columns: dict[str, str]) -> 
 def populate_check(env: Env) -> None:
     registry = {S["link"]: 10, S["core"]: None, S["tz_zero"]: 21, S["tz_one"]: 22}
     with env.dbs.core.begin() as conn:
-        conn.execute(sa.insert(core.serial_registry), [
-            {"serial_code": serial, "tenant_id": 1, "org_code": "BLVR",
-             "production_type": "hatthasilpa", "sku": "BAG01", "job_ticket_id": 1,
-             "dag_token_id": token, "checksum": serial[-1], "created_at": RECENT}
-            for serial, token in registry.items()])
+        conn.execute(
+            sa.insert(core.serial_registry),
+            [
+                {
+                    "serial_code": serial,
+                    "tenant_id": 1,
+                    "org_code": "BLVR",
+                    "production_type": "hatthasilpa",
+                    "sku": "BAG01",
+                    "job_ticket_id": 1,
+                    "dag_token_id": token,
+                    "checksum": serial[-1],
+                    "created_at": RECENT,
+                }
+                for serial, token in registry.items()
+            ],
+        )
     # the ERP's own serial_quarantine.serial_code is VARCHAR(64)
     like_erp_install(env.db, "serial_quarantine", {"serial_code": "VARCHAR(64) NOT NULL"})
     with env.db.begin() as conn:
-        conn.execute(sa.insert(tenant.job_ticket), [
-            {"id_job_ticket": i, "ticket_code": f"JT-{i}", "status": status,
-             "production_type": "hatthasilpa"}
-            for i, status in ((1, "in_progress"), (2, "completed"))])
-        conn.execute(sa.insert(tenant.flow_token), [
-            {"id_token": tid, "id_instance": 1, "token_type": "piece", "status": status,
-             "serial_number": serial, "spawned_at": ERP_NOW - timedelta(hours=tid)}
-            for tid, (status, serial) in TOKENS.items()])
-        conn.execute(sa.insert(tenant.job_ticket_serial), [
-            {"id_serial": sid, "id_job_ticket": ticket, "serial_number": serial,
-             "sequence_no": sid, "generated_at": RECENT}
-            for sid, (ticket, serial) in JTS.items()])
+        conn.execute(
+            sa.insert(tenant.job_ticket),
+            [
+                {
+                    "id_job_ticket": i,
+                    "ticket_code": f"JT-{i}",
+                    "status": status,
+                    "production_type": "hatthasilpa",
+                }
+                for i, status in ((1, "in_progress"), (2, "completed"))
+            ],
+        )
+        conn.execute(
+            sa.insert(tenant.flow_token),
+            [
+                {
+                    "id_token": tid,
+                    "id_instance": 1,
+                    "token_type": "piece",
+                    "status": status,
+                    "serial_number": serial,
+                    "spawned_at": ERP_NOW - timedelta(hours=tid),
+                }
+                for tid, (status, serial) in TOKENS.items()
+            ],
+        )
+        conn.execute(
+            sa.insert(tenant.job_ticket_serial),
+            [
+                {
+                    "id_serial": sid,
+                    "id_job_ticket": ticket,
+                    "serial_number": serial,
+                    "sequence_no": sid,
+                    "generated_at": RECENT,
+                }
+                for sid, (ticket, serial) in JTS.items()
+            ],
+        )
         relaxed(conn)
         for sid, value in BAD_DATES.items():
-            conn.execute(sa.text("UPDATE job_ticket_serial SET generated_at = :v "
-                                 "WHERE id_serial = :id"), {"v": value, "id": sid})
+            conn.execute(
+                sa.text("UPDATE job_ticket_serial SET generated_at = :v WHERE id_serial = :id"),
+                {"v": value, "id": sid},
+            )
         for tid, value in BAD_SPAWNED.items():
-            conn.execute(sa.text("UPDATE flow_token SET spawned_at = :v WHERE id_token = :id"),
-                         {"v": value, "id": tid})
+            conn.execute(
+                sa.text("UPDATE flow_token SET spawned_at = :v WHERE id_token = :id"),
+                {"v": value, "id": tid},
+            )
         if env.backend == "sqlite":
-            conn.execute(sa.text(
-                "INSERT INTO flow_token (id_token, id_instance, token_type, status, "
-                f"serial_number, spawned_at) VALUES (20, 1, 'piece', 'active', "
-                f"CAST({UNDECODABLE} AS TEXT), '2025-11-20 10:00:00.000000')"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO flow_token (id_token, id_instance, token_type, status, "
+                    f"serial_number, spawned_at) VALUES (20, 1, 'piece', 'active', "
+                    f"CAST({UNDECODABLE} AS TEXT), '2025-11-20 10:00:00.000000')"
+                )
+            )
 
 
 def bad_row_events(events: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
@@ -219,8 +299,11 @@ def bad_row_events(events: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
 
 
 def open_quarantine(env: Env) -> set[tuple[str, str, str, int]]:
-    return {(r.serial_code, r.reason, r.source_table, r.source_id)
-            for r in env.rows(tenant.serial_quarantine) if r.resolved_at is None}
+    return {
+        (r.serial_code, r.reason, r.source_table, r.source_id)
+        for r in env.rows(tenant.serial_quarantine)
+        if r.resolved_at is None
+    }
 
 
 def test_serial_check_names_poison_rows_and_does_the_rest(env: Env) -> None:
@@ -245,16 +328,22 @@ def test_serial_check_names_poison_rows_and_does_the_rest(env: Env) -> None:
     assert open_quarantine(env) == EXPECTED_QUARANTINE
     jts = tenant.job_ticket_serial
     with env.db.connect() as conn:  # not generated_at: the test cannot read a zero date either
-        links = {r.id_serial: r for r in conn.execute(
-            sa.select(jts.c.id_serial, jts.c.spawned_token_id, jts.c.spawned_at))}
+        links = {
+            r.id_serial: r
+            for r in conn.execute(
+                sa.select(jts.c.id_serial, jts.c.spawned_token_id, jts.c.spawned_at)
+            )
+        }
     assert (links[1].spawned_token_id, links[1].spawned_at) == (10, UTC_NOW - timedelta(hours=10))
     assert all(links[i].spawned_token_id is None for i in JTS if i != 1)
-    outbox = [(r.serial_code, r.dag_token_id, r.status) for r in
-              env.rows(tenant.serial_link_outbox)]
+    outbox = [
+        (r.serial_code, r.dag_token_id, r.status) for r in env.rows(tenant.serial_link_outbox)
+    ]
     assert outbox == [(S["core"], 11, "pending")]
     with env.db.connect() as conn:  # the SQL-looking value dropped nothing
-        assert conn.execute(sa.select(sa.func.count()).select_from(
-            tenant.serial_quarantine)).scalar_one() == len(EXPECTED_QUARANTINE)
+        assert conn.execute(
+            sa.select(sa.func.count()).select_from(tenant.serial_quarantine)
+        ).scalar_one() == len(EXPECTED_QUARANTINE)
 
     after_first = env.digest()
     second, events = env.run("serial_consistency")
@@ -273,51 +362,98 @@ WITH_NUL = C + "\x00TAIL"  # SQLite's ->> reads it as C
 def populate_outbox(env: Env) -> dict[str, int]:
     """Due rows, oldest first: the poison rows, then two rows that can be linked."""
     with env.dbs.core.begin() as conn:
-        conn.execute(sa.insert(core.serial_registry), [
-            {"serial_code": serial, "tenant_id": 1, "org_code": "BLVR",
-             "production_type": "hatthasilpa", "dag_token_id": None, "created_at": RECENT}
-            for serial in (A, B, C)])
+        conn.execute(
+            sa.insert(core.serial_registry),
+            [
+                {
+                    "serial_code": serial,
+                    "tenant_id": 1,
+                    "org_code": "BLVR",
+                    "production_type": "hatthasilpa",
+                    "dag_token_id": None,
+                    "created_at": RECENT,
+                }
+                for serial in (A, B, C)
+            ],
+        )
     # a variant install without NOT NULL on the outbox columns (the ERP DDL has it)
-    like_erp_install(env.db, "serial_link_outbox",
-                     {"serial_code": "VARCHAR(100) NULL", "dag_token_id": "BIGINT NULL"})
+    like_erp_install(
+        env.db,
+        "serial_link_outbox",
+        {"serial_code": "VARCHAR(100) NULL", "dag_token_id": "BIGINT NULL"},
+    )
     rows: dict[str, tuple[str | None, int | None]] = {
-        "null_token": (A, None), "zero_token": (A, 0), "negative_token": (B, -5),
-        "null_serial": (None, 60), "nul": (WITH_NUL, 77), "tab": ("BLVR\tX", 78),
-        "a": (A, 50), "b": (B, 51)}
+        "null_token": (A, None),
+        "zero_token": (A, 0),
+        "negative_token": (B, -5),
+        "null_serial": (None, 60),
+        "nul": (WITH_NUL, 77),
+        "tab": ("BLVR\tX", 78),
+        "a": (A, 50),
+        "b": (B, 51),
+    }
     ids = {}
     with env.db.begin() as conn:
         for age, (name, (serial, token)) in enumerate(rows.items()):
             created = UTC_NOW - timedelta(minutes=60 - age)
-            ids[name] = int(conn.execute(OUT.insert().values(
-                serial_code=serial, dag_token_id=token, status="pending", retry_count=0,
-                created_at=created, updated_at=created)).inserted_primary_key[0])
+            ids[name] = int(
+                conn.execute(
+                    OUT.insert().values(
+                        serial_code=serial,
+                        dag_token_id=token,
+                        status="pending",
+                        retry_count=0,
+                        created_at=created,
+                        updated_at=created,
+                    )
+                ).inserted_primary_key[0]
+            )
         if env.backend == "sqlite":
-            ids["undecodable"] = int(conn.execute(sa.text(
-                "INSERT INTO serial_link_outbox (serial_code, dag_token_id, status, "
-                f"retry_count, created_at, updated_at) VALUES (CAST({UNDECODABLE} AS TEXT), "
-                "79, 'pending', 0, '2025-11-20 11:00:10.000000', "
-                "'2025-11-20 11:00:10.000000')")).lastrowid)
+            ids["undecodable"] = int(
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO serial_link_outbox (serial_code, dag_token_id, status, "
+                        "retry_count, created_at, updated_at) "
+                        f"VALUES (CAST({UNDECODABLE} AS TEXT), "
+                        "79, 'pending', 0, '2025-11-20 11:00:10.000000', "
+                        "'2025-11-20 11:00:10.000000')"
+                    )
+                ).lastrowid
+            )
     return ids
 
 
-POISON_OUTBOX = {"null_token": "dag_token_id is NULL", "zero_token": "not a token id (0)",
-                 "negative_token": "not a token id (-5)", "null_serial": "serial_code is NULL",
-                 "nul": "U+0000", "tab": "U+0009", "undecodable": "not valid UTF-8"}
+POISON_OUTBOX = {
+    "null_token": "dag_token_id is NULL",
+    "zero_token": "not a token id (0)",
+    "negative_token": "not a token id (-5)",
+    "null_serial": "serial_code is NULL",
+    "nul": "U+0000",
+    "tab": "U+0009",
+    "undecodable": "not valid UTF-8",
+}
 
 
 def registry_links(env: Env) -> dict[str, int | None]:
     with env.dbs.core.connect() as conn:
         reg = core.serial_registry
-        return {r.serial_code: r.dag_token_id for r in conn.execute(
-            sa.select(reg.c.serial_code, reg.c.dag_token_id))}
+        return {
+            r.serial_code: r.dag_token_id
+            for r in conn.execute(sa.select(reg.c.serial_code, reg.c.dag_token_id))
+        }
 
 
 def test_outbox_poison_rows_go_dead_and_never_block_the_rows_behind(env: Env) -> None:
     ids = populate_outbox(env)
     poison = {name: word for name, word in POISON_OUTBOX.items() if name in ids}
-    expected = {**dict.fromkeys(serial_outbox.COUNTERS, 0), "pending_found": len(ids),
-                "retried": len(ids), "succeeded": 2, "marked_dead": len(poison),
-                "bad_rows": len(poison)}
+    expected = {
+        **dict.fromkeys(serial_outbox.COUNTERS, 0),
+        "pending_found": len(ids),
+        "retried": len(ids),
+        "succeeded": 2,
+        "marked_dead": len(poison),
+        "bad_rows": len(poison),
+    }
     pristine = env.digest()
 
     dry, events = env.run("serial_outbox", dry_run=True)
@@ -350,32 +486,61 @@ def test_registry_state_counts_only_for_the_serial_sent(env: Env) -> None:
     """Second guard: a key with a control character is refused at the JSON binding, and a
     registry row read back for another serial than the one sent is no match."""
     with env.dbs.core.begin() as conn:
-        conn.execute(sa.insert(core.serial_registry), [
-            {"serial_code": C, "tenant_id": 1, "org_code": "BLVR",
-             "production_type": "hatthasilpa", "dag_token_id": None, "created_at": RECENT}])
+        conn.execute(
+            sa.insert(core.serial_registry),
+            [
+                {
+                    "serial_code": C,
+                    "tenant_id": 1,
+                    "org_code": "BLVR",
+                    "production_type": "hatthasilpa",
+                    "dag_token_id": None,
+                    "created_at": RECENT,
+                }
+            ],
+        )
     with env.dbs.core.connect() as conn:
         with pytest.raises(ValueError, match="control characters"):
             outbox_store._bind_links(conn, {WITH_NUL: 77})
         links = outbox_store._LINKS.bind(conn, [(WITH_NUL, 77)])  # bypassing the guard
         assert outbox_store._read_registry(conn, links, [WITH_NUL]) == {}
-        assert outbox_store._read_registry(conn, outbox_store._LINKS.bind(conn, [(C, 77)]),
-                                           [C]) == {C: outbox_store.RegistryState(
-                                               1, "hatthasilpa", None)}
+        assert outbox_store._read_registry(
+            conn, outbox_store._LINKS.bind(conn, [(C, 77)]), [C]
+        ) == {C: outbox_store.RegistryState(1, "hatthasilpa", None)}
 
 
 def test_outbox_serial_with_nul_never_links_the_serial_without_it(env: Env) -> None:
     """The NUL row alone before a good one: SQLite's ->> would read WITH_NUL as C."""
     with env.dbs.core.begin() as conn:
-        conn.execute(sa.insert(core.serial_registry), [
-            {"serial_code": serial, "tenant_id": 1, "org_code": "BLVR",
-             "production_type": "hatthasilpa", "dag_token_id": None, "created_at": RECENT}
-            for serial in (A, C)])
+        conn.execute(
+            sa.insert(core.serial_registry),
+            [
+                {
+                    "serial_code": serial,
+                    "tenant_id": 1,
+                    "org_code": "BLVR",
+                    "production_type": "hatthasilpa",
+                    "dag_token_id": None,
+                    "created_at": RECENT,
+                }
+                for serial in (A, C)
+            ],
+        )
     with env.db.begin() as conn:
-        conn.execute(OUT.insert(), [
-            {"serial_code": serial, "dag_token_id": token, "status": "pending",
-             "retry_count": 0, "created_at": RECENT + timedelta(minutes=n),
-             "updated_at": RECENT}
-            for n, (serial, token) in enumerate(((WITH_NUL, 77), (A, 50)))])
+        conn.execute(
+            OUT.insert(),
+            [
+                {
+                    "serial_code": serial,
+                    "dag_token_id": token,
+                    "status": "pending",
+                    "retry_count": 0,
+                    "created_at": RECENT + timedelta(minutes=n),
+                    "updated_at": RECENT,
+                }
+                for n, (serial, token) in enumerate(((WITH_NUL, 77), (A, 50)))
+            ],
+        )
     counters, _ = env.run("serial_outbox")
     assert registry_links(env) == {A: 50, C: None}
     assert (counters["succeeded"], counters["marked_dead"], counters["bad_rows"]) == (1, 1, 1)
@@ -384,24 +549,37 @@ def test_outbox_serial_with_nul_never_links_the_serial_without_it(env: Env) -> N
     assert "U+0000" in dead[0].last_error
 
 
-@pytest.mark.parametrize(("serial", "table", "source_id", "problem"), [
-    (S["gen_zero"], "job_ticket_serial", 5, "generated_at"),
-    (S["gen_text"], "job_ticket_serial", 6, "generated_at"),
-    (S["tz_zero"], "flow_token", 21, "spawned_at"),
-    (S["tz_one"], "flow_token", 22, "spawned_at"),
-])
+@pytest.mark.parametrize(
+    ("serial", "table", "source_id", "problem"),
+    [
+        (S["gen_zero"], "job_ticket_serial", 5, "generated_at"),
+        (S["gen_text"], "job_ticket_serial", 6, "generated_at"),
+        (S["tz_zero"], "flow_token", 21, "spawned_at"),
+        (S["tz_one"], "flow_token", 22, "spawned_at"),
+    ],
+)
 def test_explain_names_a_poison_row_as_the_check_skips_it(
-        env: Env, serial: str, table: str, source_id: int, problem: str) -> None:
+    env: Env, serial: str, table: str, source_id: int, problem: str
+) -> None:
     populate_check(env)
     lines: list[str] = []
-    assert explain.explain(env.settings, env.dbs, serial, "DEFAULT", lines.append,
-                           as_json=True, clock=FixedClock(NOW)) == 0
+    assert (
+        explain.explain(
+            env.settings,
+            env.dbs,
+            serial,
+            "DEFAULT",
+            lines.append,
+            as_json=True,
+            clock=FixedClock(NOW),
+        )
+        == 0
+    )
     facts = json.loads("\n".join(lines))
     conclusions = facts["tenants"]["DEFAULT"]["conclusions"]
     bad = [c for c in conclusions if c["outcome"] == "bad_row"]
     assert [(c["source_table"], c["source_id"]) for c in bad] == [(table, source_id)]
     assert bad[0]["detail"].startswith(problem)
     text: list[str] = []
-    explain.explain(env.settings, env.dbs, serial, "DEFAULT", text.append,
-                    clock=FixedClock(NOW))
+    explain.explain(env.settings, env.dbs, serial, "DEFAULT", text.append, clock=FixedClock(NOW))
     assert any("bad_row" in line for line in text), text

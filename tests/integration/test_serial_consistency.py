@@ -38,9 +38,30 @@ SALTS_ENV = "BGWORKERS_JOBS__SERIAL_CONSISTENCY__SALTS"
 JOB = "serial_consistency"
 
 
-S = {name: std(seq) for seq, name in enumerate(
-    ("link", "ok", "core", "pend", "mis", "unreg", "other", "hash", "unv", "dup", "orph_c",
-     "orph_x", "orph_old", "fresh", "done", "case"), start=1)}
+S = {
+    name: std(seq)
+    for seq, name in enumerate(
+        (
+            "link",
+            "ok",
+            "core",
+            "pend",
+            "mis",
+            "unreg",
+            "other",
+            "hash",
+            "unv",
+            "dup",
+            "orph_c",
+            "orph_x",
+            "orph_old",
+            "fresh",
+            "done",
+            "case",
+        ),
+        start=1,
+    )
+}
 S["oem"] = std(90, "oem")
 BAD_PARENT = bad_check(std(91))
 assert BAD_PARENT[-1] != checksum(BAD_PARENT[:-2])
@@ -104,9 +125,18 @@ REGISTRY: dict[str, tuple[int, str, int | None, int, bool]] = {
 }
 
 EXPECTED = {
-    "missing_tenant_links": 3, "missing_core_links": 2, "invalid_formats": 5, "orphaned": 3,
-    "duplicates": 2, "mismatches": 1, "unregistered": 2, "legacy": 5, "fixed": 4,
-    "quarantined": 12, "bad_rows": 0, "errors": 0,
+    "missing_tenant_links": 3,
+    "missing_core_links": 2,
+    "invalid_formats": 5,
+    "orphaned": 3,
+    "duplicates": 2,
+    "mismatches": 1,
+    "unregistered": 2,
+    "legacy": 5,
+    "fixed": 4,
+    "quarantined": 12,
+    "bad_rows": 0,
+    "errors": 0,
 }
 EXPECTED_QUARANTINE = {
     (S["mis"], "registry_mismatch", "flow_token", 15),  # was already open
@@ -138,8 +168,13 @@ class Scenario:
 
     def digest(self) -> dict[str, str]:
         """A checksum of every table of every database (row order ignored)."""
-        return table_digest({"core": self.dbs.core, "DEFAULT": self.dbs.tenant("DEFAULT"),
-                             "maison": self.dbs.tenant("maison_atelier")})
+        return table_digest(
+            {
+                "core": self.dbs.core,
+                "DEFAULT": self.dbs.tenant("DEFAULT"),
+                "maison": self.dbs.tenant("maison_atelier"),
+            }
+        )
 
     def rows(self, table: sa.Table, code: str = "DEFAULT") -> list[Any]:
         with self.dbs.tenant(code).connect() as conn:
@@ -147,17 +182,34 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(db_urls: DbUrls, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenario]:
+def scenario(
+    db_urls: DbUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Scenario]:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.setenv(SALTS_ENV, json.dumps({"hatthasilpa:1": SALT_HAT, "oem:1": SALT_OEM}))
-    path = write_settings(tmp_path / "settings.toml", db_urls,
-                          "[jobs.serial_consistency]\nchunk_size = 3\n")
-    world = build_world(path, [
-        {"id_org": 1, "code": "DEFAULT", "name": "Bellavier Atelier", "status": "active",
-         "org_serial_code": "BLVR"},
-        {"id_org": 2, "code": "maison_atelier", "name": "Maison Atelier", "status": "1",
-         "org_serial_code": "MAIS"}], erp_schema=True)
+    path = write_settings(
+        tmp_path / "settings.toml", db_urls, "[jobs.serial_consistency]\nchunk_size = 3\n"
+    )
+    world = build_world(
+        path,
+        [
+            {
+                "id_org": 1,
+                "code": "DEFAULT",
+                "name": "Bellavier Atelier",
+                "status": "active",
+                "org_serial_code": "BLVR",
+            },
+            {
+                "id_org": 2,
+                "code": "maison_atelier",
+                "name": "Maison Atelier",
+                "status": "1",
+                "org_serial_code": "MAIS",
+            },
+        ],
+        erp_schema=True,
+    )
     try:
         _populate(world.dbs)
         yield Scenario(world.settings, world.dbs)
@@ -168,46 +220,135 @@ def scenario(db_urls: DbUrls, tmp_path: Path,
 def _populate(dbs: Databases) -> None:
     with dbs.core.begin() as conn:
         salts = {"hatthasilpa": SALT_HAT, "oem": SALT_OEM}
-        conn.execute(sa.insert(core.serial_registry), [
-            {"serial_code": serial, "tenant_id": tid, "org_code": "BLVR" if tid == 1 else "MAIS",
-             "production_type": ptype, "sku": "BAG01", "job_ticket_id": 1, "dag_token_id": dag,
-             "hash_signature": hash_signature(serial if good else serial + "x", salts[ptype]),
-             "hash_salt_version": version, "checksum": serial[-1], "created_at": OLD}
-            for serial, (tid, ptype, dag, version, good) in REGISTRY.items()])
+        conn.execute(
+            sa.insert(core.serial_registry),
+            [
+                {
+                    "serial_code": serial,
+                    "tenant_id": tid,
+                    "org_code": "BLVR" if tid == 1 else "MAIS",
+                    "production_type": ptype,
+                    "sku": "BAG01",
+                    "job_ticket_id": 1,
+                    "dag_token_id": dag,
+                    "hash_signature": hash_signature(
+                        serial if good else serial + "x", salts[ptype]
+                    ),
+                    "hash_salt_version": version,
+                    "checksum": serial[-1],
+                    "created_at": OLD,
+                }
+                for serial, (tid, ptype, dag, version, good) in REGISTRY.items()
+            ],
+        )
     with dbs.tenant("DEFAULT").begin() as conn:
-        conn.execute(sa.insert(tenant.job_ticket), [
-            {"id_job_ticket": i, "ticket_code": f"JT-{i}", "status": status,
-             "production_type": "hatthasilpa"}
-            for i, status in ((1, "in_progress"), (2, "completed"), (3, "cancelled"))])
-        conn.execute(sa.insert(tenant.flow_token), [
-            {"id_token": tid, "id_instance": 1, "token_type": ttype, "status": status,
-             "serial_number": serial, "spawned_at": ERP_NOW - timedelta(hours=tid)}
-            for tid, (ttype, status, serial) in TOKENS.items()])
-        conn.execute(sa.insert(tenant.job_ticket_serial), [
-            {"id_serial": sid, "id_job_ticket": ticket, "serial_number": serial,
-             "sequence_no": sid, "generated_at": at, "spawned_token_id": token,
-             "spawned_at": None if token is None else at}
-            for sid, (ticket, serial, at, token) in JTS.items()])
+        conn.execute(
+            sa.insert(tenant.job_ticket),
+            [
+                {
+                    "id_job_ticket": i,
+                    "ticket_code": f"JT-{i}",
+                    "status": status,
+                    "production_type": "hatthasilpa",
+                }
+                for i, status in ((1, "in_progress"), (2, "completed"), (3, "cancelled"))
+            ],
+        )
+        conn.execute(
+            sa.insert(tenant.flow_token),
+            [
+                {
+                    "id_token": tid,
+                    "id_instance": 1,
+                    "token_type": ttype,
+                    "status": status,
+                    "serial_number": serial,
+                    "spawned_at": ERP_NOW - timedelta(hours=tid),
+                }
+                for tid, (ttype, status, serial) in TOKENS.items()
+            ],
+        )
+        conn.execute(
+            sa.insert(tenant.job_ticket_serial),
+            [
+                {
+                    "id_serial": sid,
+                    "id_job_ticket": ticket,
+                    "serial_number": serial,
+                    "sequence_no": sid,
+                    "generated_at": at,
+                    "spawned_token_id": token,
+                    "spawned_at": None if token is None else at,
+                }
+                for sid, (ticket, serial, at, token) in JTS.items()
+            ],
+        )
         outbox = [(S["pend"], 13, "pending"), (S["core"], 12, "dead"), (S["core"], 11, "pending")]
-        conn.execute(sa.insert(tenant.serial_link_outbox), [
-            {"serial_code": serial, "dag_token_id": token, "status": status, "retry_count": 0,
-             "created_at": OLD, "updated_at": OLD} for serial, token, status in outbox])
-        conn.execute(sa.insert(tenant.serial_quarantine), [
-            {"serial_code": S["mis"], "source_table": "flow_token", "source_id": 15,
-             "reason": "registry_mismatch", "detected_at": OLD, "resolved_at": None},
-            {"serial_code": S["unreg"], "source_table": "flow_token", "source_id": 16,
-             "reason": "unregistered", "detected_at": OLD, "resolved_at": RECENT}])
+        conn.execute(
+            sa.insert(tenant.serial_link_outbox),
+            [
+                {
+                    "serial_code": serial,
+                    "dag_token_id": token,
+                    "status": status,
+                    "retry_count": 0,
+                    "created_at": OLD,
+                    "updated_at": OLD,
+                }
+                for serial, token, status in outbox
+            ],
+        )
+        conn.execute(
+            sa.insert(tenant.serial_quarantine),
+            [
+                {
+                    "serial_code": S["mis"],
+                    "source_table": "flow_token",
+                    "source_id": 15,
+                    "reason": "registry_mismatch",
+                    "detected_at": OLD,
+                    "resolved_at": None,
+                },
+                {
+                    "serial_code": S["unreg"],
+                    "source_table": "flow_token",
+                    "source_id": 16,
+                    "reason": "unregistered",
+                    "detected_at": OLD,
+                    "resolved_at": RECENT,
+                },
+            ],
+        )
     with dbs.tenant("maison_atelier").begin() as conn:
-        conn.execute(sa.insert(tenant.flow_token), [
-            {"id_token": 10, "id_instance": 1, "token_type": "piece", "status": "active",
-             "serial_number": "MAIS-HAT-TESTP822-20251114-00123-1YLJ-2", "spawned_at": ERP_NOW},
-            {"id_token": 11, "id_instance": 1, "token_type": "piece", "status": "active",
-             "serial_number": "MA01-HAT-BAG-20251109-00027-A9K2-X", "spawned_at": ERP_NOW}])
+        conn.execute(
+            sa.insert(tenant.flow_token),
+            [
+                {
+                    "id_token": 10,
+                    "id_instance": 1,
+                    "token_type": "piece",
+                    "status": "active",
+                    "serial_number": "MAIS-HAT-TESTP822-20251114-00123-1YLJ-2",
+                    "spawned_at": ERP_NOW,
+                },
+                {
+                    "id_token": 11,
+                    "id_instance": 1,
+                    "token_type": "piece",
+                    "status": "active",
+                    "serial_number": "MA01-HAT-BAG-20251109-00027-A9K2-X",
+                    "spawned_at": ERP_NOW,
+                },
+            ],
+        )
 
 
 def open_quarantine(scenario: Scenario) -> set[tuple[str, str, str, int]]:
-    return {(r.serial_code, r.reason, r.source_table, r.source_id)
-            for r in scenario.rows(tenant.serial_quarantine) if r.resolved_at is None}
+    return {
+        (r.serial_code, r.reason, r.source_table, r.source_id)
+        for r in scenario.rows(tenant.serial_quarantine)
+        if r.resolved_at is None
+    }
 
 
 def test_every_outcome_then_nothing_more_then_dry_run(scenario: Scenario) -> None:
@@ -219,8 +360,9 @@ def test_every_outcome_then_nothing_more_then_dry_run(scenario: Scenario) -> Non
     assert first == EXPECTED
     assert alert_level("serial_consistency", first) == "warning"  # 12 quarantined > 10
     assert open_quarantine(scenario) == EXPECTED_QUARANTINE
-    quarantine = {(r.serial_code, r.reason, r.source_id): r for r in
-                  scenario.rows(tenant.serial_quarantine)}
+    quarantine = {
+        (r.serial_code, r.reason, r.source_id): r for r in scenario.rows(tenant.serial_quarantine)
+    }
     assert quarantine[(S["dup"], "duplicate", 40)].detected_at == UTC_NOW
     assert quarantine[(S["mis"], "registry_mismatch", 15)].detected_at == OLD
 
@@ -231,18 +373,31 @@ def test_every_outcome_then_nothing_more_then_dry_run(scenario: Scenario) -> Non
     assert links[11].spawned_token_id == 34
     assert all(links[i].spawned_token_id is None for i in (6, 7, 8, 9, 10))
 
-    outbox = sorted((r.serial_code, r.dag_token_id, r.status) for r in
-                    scenario.rows(tenant.serial_link_outbox))
-    assert outbox == sorted([(S["pend"], 13, "pending"), (S["core"], 12, "dead"),
-                             (S["core"], 11, "pending"), (S["core"], 12, "pending")])
-    new = next(r for r in scenario.rows(tenant.serial_link_outbox)
-               if (r.dag_token_id, r.status) == (12, "pending"))
+    outbox = sorted(
+        (r.serial_code, r.dag_token_id, r.status) for r in scenario.rows(tenant.serial_link_outbox)
+    )
+    assert outbox == sorted(
+        [
+            (S["pend"], 13, "pending"),
+            (S["core"], 12, "dead"),
+            (S["core"], 11, "pending"),
+            (S["core"], 12, "pending"),
+        ]
+    )
+    new = next(
+        r
+        for r in scenario.rows(tenant.serial_link_outbox)
+        if (r.dag_token_id, r.status) == (12, "pending")
+    )
     assert (new.retry_count, new.created_at, new.next_attempt_at) == (0, UTC_NOW, None)
 
     after_first = scenario.digest()
     changed = {k for k in pristine if pristine[k] != after_first[k]}
-    assert changed == {"DEFAULT.job_ticket_serial", "DEFAULT.serial_link_outbox",
-                       "DEFAULT.serial_quarantine"}  # tokens and core untouched
+    assert changed == {
+        "DEFAULT.job_ticket_serial",
+        "DEFAULT.serial_link_outbox",
+        "DEFAULT.serial_quarantine",
+    }  # tokens and core untouched
 
     second = scenario.run()
     assert second == {**EXPECTED, "missing_tenant_links": 0, "fixed": 0, "quarantined": 0}
@@ -253,18 +408,20 @@ def test_every_outcome_then_nothing_more_then_dry_run(scenario: Scenario) -> Non
     assert scenario.digest() == after_first
 
     maison = scenario.run("maison_atelier")
-    assert {k: v for k, v in maison.items() if v} == {
-        "invalid_formats": 1, "quarantined": 1}
+    assert {k: v for k, v in maison.items() if v} == {"invalid_formats": 1, "quarantined": 1}
 
 
-def test_dry_run_setting_and_no_salts(scenario: Scenario, monkeypatch: pytest.MonkeyPatch,
-                                      tmp_path: Path) -> None:
+def test_dry_run_setting_and_no_salts(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Without salts the hash is not checked; `dry_run = true` in settings writes nothing."""
     monkeypatch.delenv(SALTS_ENV)
     url = scenario.dbs.settings.database
     path = tmp_path / "dry.toml"
-    path.write_text(f"[database]\ncore_url = '{url.core_url}'\ntenant_url = '{url.tenant_url}'\n"
-                    "[jobs.serial_consistency]\ndry_run = true\nchunk_size = 1000\n")
+    path.write_text(
+        f"[database]\ncore_url = '{url.core_url}'\ntenant_url = '{url.tenant_url}'\n"
+        "[jobs.serial_consistency]\ndry_run = true\nchunk_size = 1000\n"
+    )
     settings = load_settings(path)
     assert not settings.jobs.serial_consistency.salts
     dbs = Databases(settings)
@@ -295,13 +452,21 @@ def test_core_failure_is_an_error_and_tenant_checks_go_on(scenario: Scenario) ->
     with scenario.dbs.core.begin() as conn:
         conn.execute(sa.text("DROP TABLE serial_registry"))
     counters = scenario.run()
-    assert counters == {**EXPECTED, "missing_core_links": 0, "mismatches": 0,
-                        "unregistered": 0, "invalid_formats": 4, "fixed": 3,
-                        "quarantined": 9, "errors": 1}
+    assert counters == {
+        **EXPECTED,
+        "missing_core_links": 0,
+        "mismatches": 0,
+        "unregistered": 0,
+        "invalid_formats": 4,
+        "fixed": 3,
+        "quarantined": 9,
+        "errors": 1,
+    }
     assert alert_level("serial_consistency", counters) == "warning"
     events = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [e["event"] for e in events if e["level"] == "warning"] == [
-        "serial_registry_unavailable"]
+        "serial_registry_unavailable"
+    ]
 
 
 def test_logs_never_show_salts(scenario: Scenario) -> None:

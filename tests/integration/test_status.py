@@ -22,25 +22,43 @@ from bgworkers.service import status as status_module
 from bgworkers.settings import load_settings
 
 MINUTE = timedelta(minutes=1)
-TRACEBACK = ('Traceback (most recent call last):\n  File "x.py", line 1, in run\n'
-             "    boom()\nRuntimeError: the tenant database went away\n")
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "x.py", line 1, in run\n'
+    "    boom()\nRuntimeError: the tenant database went away\n"
+)
 
 
-def add_runs(core_url: str, rows: list[tuple[str, str, timedelta] |
-                                     tuple[str, str, timedelta, str | None]],
-             job: str = "heartbeat") -> None:
+def add_runs(
+    core_url: str,
+    rows: list[tuple[str, str, timedelta] | tuple[str, str, timedelta, str | None]],
+    job: str = "heartbeat",
+) -> None:
     """(tenant, status, age[, error]) rows of history, inserted in this order (ids grow);
     a run took 2 s, `running` rows have no end."""
     engine = sa.create_engine(core_url, poolclass=sa.pool.NullPool)
     now = datetime.now(UTC).replace(tzinfo=None)  # history is naive UTC
     with engine.begin() as conn:
-        conn.execute(run.insert(), [
-            {"job": job, "tenant": row[0], "tick_at": now - row[2], "run_id": str(uuid.uuid4()),
-             "host": "h", "pid": 1, "started_at": now - row[2],
-             "ended_at": None if row[1] == "running" else now - row[2] + timedelta(seconds=2),
-             "status": row[1], "counters": '{"checks": 1}',
-             "error": row[3] if len(row) > 3 else None}
-            for row in rows])
+        conn.execute(
+            run.insert(),
+            [
+                {
+                    "job": job,
+                    "tenant": row[0],
+                    "tick_at": now - row[2],
+                    "run_id": str(uuid.uuid4()),
+                    "host": "h",
+                    "pid": 1,
+                    "started_at": now - row[2],
+                    "ended_at": None
+                    if row[1] == "running"
+                    else now - row[2] + timedelta(seconds=2),
+                    "status": row[1],
+                    "counters": '{"checks": 1}',
+                    "error": row[3] if len(row) > 3 else None,
+                }
+                for row in rows
+            ],
+        )
     engine.dispose()
 
 
@@ -60,8 +78,9 @@ def by_tenant(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def rows(stdout: str) -> dict[str, list[str]]:
     """Table rows of the text output by tenant (cells split on 2+ spaces)."""
-    table = [re.split(r"\s{2,}", line) for line in stdout.splitlines()[2:]
-             if not line.startswith(" ")]
+    table = [
+        re.split(r"\s{2,}", line) for line in stdout.splitlines()[2:] if not line.startswith(" ")
+    ]
     return {cells[2]: cells for cells in table}
 
 
@@ -84,8 +103,14 @@ def free_port() -> int:
 def test_ok_after_ok_runs(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["alpha", "beta"])
-    add_runs(db_urls.core_url, [("alpha", "failed", 10 * MINUTE, "old trouble"),
-                                ("alpha", "ok", MINUTE / 2), ("beta", "ok", MINUTE / 4)])
+    add_runs(
+        db_urls.core_url,
+        [
+            ("alpha", "failed", 10 * MINUTE, "old trouble"),
+            ("alpha", "ok", MINUTE / 2),
+            ("beta", "ok", MINUTE / 4),
+        ],
+    )
     result = status(config)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -104,29 +129,41 @@ def test_ok_after_ok_runs(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld
     assert pair["reasons"] == [] and pair["next_tick"] is not None
 
 
-def test_warning_when_late_or_never_run(db_urls: DbUrls, tmp_path: Path,
-                                        make_world: MakeWorld) -> None:
+def test_warning_when_late_or_never_run(
+    db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["fresh", "stale", "newcomer", "skipper", "stuck"])
-    add_runs(db_urls.core_url, [
-        ("fresh", "running", 50 * MINUTE),  # an orphan from before the last success: not stuck
-        ("fresh", "ok", 5 * MINUTE), ("fresh", "skipped", 2 * MINUTE),
-        ("fresh", "interrupted", MINUTE), ("fresh", "ok", MINUTE / 2),
-        ("stale", "ok", 10 * MINUTE), ("stale", "missed", MINUTE, "fired 70.0s late"),
-        ("skipper", "skipped", MINUTE, "lease held by another run"),
-        ("stuck", "ok", 1.5 * MINUTE), ("stuck", "running", MINUTE),  # limit 30 s + TTL 3 s
-    ])
+    add_runs(
+        db_urls.core_url,
+        [
+            ("fresh", "running", 50 * MINUTE),  # an orphan from before the last success: not stuck
+            ("fresh", "ok", 5 * MINUTE),
+            ("fresh", "skipped", 2 * MINUTE),
+            ("fresh", "interrupted", MINUTE),
+            ("fresh", "ok", MINUTE / 2),
+            ("stale", "ok", 10 * MINUTE),
+            ("stale", "missed", MINUTE, "fired 70.0s late"),
+            ("skipper", "skipped", MINUTE, "lease held by another run"),
+            ("stuck", "ok", 1.5 * MINUTE),
+            ("stuck", "running", MINUTE),  # limit 30 s + TTL 3 s
+        ],
+    )
     result = status(config)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.splitlines()[0] == (
-        "BGWORKERS WARNING - 0 critical, 4 warning, 1 ok (5 job/tenant pairs)")
+        "BGWORKERS WARNING - 0 critical, 4 warning, 1 ok (5 job/tenant pairs)"
+    )
     table = rows(result.stdout)
     assert {t: r[0] for t, r in table.items()} == {
-        "fresh": "OK", "stale": "WARNING", "newcomer": "WARNING", "skipper": "WARNING",
-        "stuck": "WARNING"}
+        "fresh": "OK",
+        "stale": "WARNING",
+        "newcomer": "WARNING",
+        "skipper": "WARNING",
+        "stuck": "WARNING",
+    }
     assert table["stale"][5] == "missed" and table["newcomer"][3] == "never"
-    assert re.search(r"late: no success for 9m 5\d+s \(more than 2 intervals, 2m\)",
-                     result.stdout)
+    assert re.search(r"late: no success for 9m 5\d+s \(more than 2 intervals, 2m\)", result.stdout)
     assert "    never ran" in result.stdout and "    no successful run yet" in result.stdout
 
     code, doc = status_json(config)
@@ -139,19 +176,33 @@ def test_warning_when_late_or_never_run(db_urls: DbUrls, tmp_path: Path,
 
 
 @pytest.mark.parametrize("outcome", ["partial", "failed", "timed_out", "abandoned"])
-def test_critical_for_each_failing_outcome(db_urls: DbUrls, tmp_path: Path,
-                                           outcome: str, make_world: MakeWorld) -> None:
+def test_critical_for_each_failing_outcome(
+    db_urls: DbUrls, tmp_path: Path, outcome: str, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["good", "bad"])
-    error = (TRACEBACK if outcome == "failed" else
-             f"{outcome}: 2 of 5 tables failed: node_bottleneck, team_workload\nmore detail")
-    shown = ("RuntimeError: the tenant database went away" if outcome == "failed" else
-             f"{outcome}: 2 of 5 tables failed: node_bottleneck, team_workload")
-    add_runs(db_urls.core_url, [("good", "ok", MINUTE / 2), ("bad", "ok", 3 * MINUTE),
-                                ("bad", outcome, MINUTE, error),
-                                # later non-decisive runs keep the verdict
-                                ("bad", "skipped", MINUTE / 2), ("bad", "missed", MINUTE / 3),
-                                ("bad", "interrupted", MINUTE / 4)])
+    error = (
+        TRACEBACK
+        if outcome == "failed"
+        else f"{outcome}: 2 of 5 tables failed: node_bottleneck, team_workload\nmore detail"
+    )
+    shown = (
+        "RuntimeError: the tenant database went away"
+        if outcome == "failed"
+        else f"{outcome}: 2 of 5 tables failed: node_bottleneck, team_workload"
+    )
+    add_runs(
+        db_urls.core_url,
+        [
+            ("good", "ok", MINUTE / 2),
+            ("bad", "ok", 3 * MINUTE),
+            ("bad", outcome, MINUTE, error),
+            # later non-decisive runs keep the verdict
+            ("bad", "skipped", MINUTE / 2),
+            ("bad", "missed", MINUTE / 3),
+            ("bad", "interrupted", MINUTE / 4),
+        ],
+    )
     result = status(config)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -178,15 +229,17 @@ def test_critical_for_each_failing_outcome(db_urls: DbUrls, tmp_path: Path,
     assert status(config).returncode == 0
 
 
-def test_refused_tenant_is_critical_with_its_error(db_urls: DbUrls, tmp_path: Path,
-                                                   make_world: MakeWorld) -> None:
+def test_refused_tenant_is_critical_with_its_error(
+    db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["good"])
     add_runs(db_urls.core_url, [("good", "ok", MINUTE / 2)])
     engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
-        conn.execute(core.organization.insert().values(
-            id_org=7, code="bad-code", name="x", status="active"))
+        conn.execute(
+            core.organization.insert().values(id_org=7, code="bad-code", name="x", status="active")
+        )
     engine.dispose()
     result = status(config)
     assert result.returncode == 2
@@ -198,20 +251,26 @@ def test_refused_tenant_is_critical_with_its_error(db_urls: DbUrls, tmp_path: Pa
 
 
 def test_filters(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld) -> None:
-    config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m", extra="""
+    config = heartbeat_settings(
+        tmp_path / "s.toml",
+        db_urls,
+        every="1m",
+        extra="""
 [jobs.serial_outbox]
 enabled = true
 every = "5m"
-""")
+""",
+    )
     make_world(config, ["one", "two"])
     add_runs(db_urls.core_url, [("one", "ok", MINUTE / 2), ("two", "failed", MINUTE, "x")])
-    add_runs(db_urls.core_url, [("one", "ok", MINUTE), ("two", "ok", MINUTE)],
-             job="serial_outbox")
+    add_runs(db_urls.core_url, [("one", "ok", MINUTE), ("two", "ok", MINUTE)], job="serial_outbox")
     code, doc = status_json(config)
     assert code == 2 and len(doc["pairs"]) == 4
     code, doc = status_json(config, "--job", "serial_outbox")
     assert code == 0 and {(p["job"], p["tenant"]) for p in doc["pairs"]} == {
-        ("serial_outbox", "one"), ("serial_outbox", "two")}
+        ("serial_outbox", "one"),
+        ("serial_outbox", "two"),
+    }
     code, doc = status_json(config, "--tenant", "one")
     assert code == 0 and {p["tenant"] for p in doc["pairs"]} == {"one"}
     code, doc = status_json(config, "--job", "heartbeat", "--tenant", "two")
@@ -219,8 +278,9 @@ every = "5m"
 
     unknown = status(config, "--tenant", "ONE")  # codes are exact: a case variant is unknown
     assert unknown.returncode == 3
-    assert unknown.stdout == ("BGWORKERS UNKNOWN - tenant ONE: not in core organization; "
-                              "did you mean 'one'?\n")
+    assert unknown.stdout == (
+        "BGWORKERS UNKNOWN - tenant ONE: not in core organization; did you mean 'one'?\n"
+    )
     code, doc = status_json(config, "--tenant", "nobody")
     assert code == 3 and doc["verdict"] == "UNKNOWN" and doc["pairs"] == []
     assert doc["error"] == "tenant nobody: not in core organization"
@@ -240,15 +300,20 @@ def test_unknown_when_core_database_is_unreachable(tmp_path: Path) -> None:
     pytest.importorskip("MySQLdb")
     port = free_port()
     cases = {
-        f"mysql+mysqldb://bgw:secret@127.0.0.1:{port}/erp_core":
-            f"core database mysql+mysqldb://bgw:***@127.0.0.1:{port}/erp_core unreachable: ",
-        f"sqlite:///{tmp_path}/missing/dir/core.db":
+        f"mysql+mysqldb://bgw:secret@127.0.0.1:{port}/erp_core": (
+            f"core database mysql+mysqldb://bgw:***@127.0.0.1:{port}/erp_core unreachable: "
+        ),
+        f"sqlite:///{tmp_path}/missing/dir/core.db": (
             f"core database sqlite:///{tmp_path}/missing/dir/core.db unreachable: "
-            "unable to open database file",
+            "unable to open database file"
+        ),
     }
     for url, says in cases.items():
-        config = write_settings(tmp_path / "s.toml", DbUrls("x", url, url + "_{code_lower}"),
-                                "[jobs.heartbeat]\nenabled = true\n")
+        config = write_settings(
+            tmp_path / "s.toml",
+            DbUrls("x", url, url + "_{code_lower}"),
+            "[jobs.heartbeat]\nenabled = true\n",
+        )
         result = status(config)
         assert result.returncode == 3, result.stdout + result.stderr
         assert result.stdout.startswith(f"BGWORKERS UNKNOWN - {says}"), result.stdout
@@ -259,26 +324,36 @@ def test_unknown_when_core_database_is_unreachable(tmp_path: Path) -> None:
         assert doc["error"].startswith(says) and doc["checked_at"].endswith("+00:00")
 
 
-def test_unknown_when_run_history_is_unreachable(db_urls: DbUrls, tmp_path: Path,
-                                                 make_world: MakeWorld) -> None:
+def test_unknown_when_run_history_is_unreachable(
+    db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["one"])
     elsewhere = f"sqlite:///{tmp_path}/missing/coord.db"
-    config.write_text(config.read_text().replace(
-        "[database]\n", f'[database]\ncoordination_url = "{elsewhere}"\n'))
+    config.write_text(
+        config.read_text().replace(
+            "[database]\n", f'[database]\ncoordination_url = "{elsewhere}"\n'
+        )
+    )
     result = status(config)
     assert result.returncode == 3, result.stdout + result.stderr
-    assert result.stdout == (f"BGWORKERS UNKNOWN - coordination database {elsewhere} "
-                             "unreachable (run history): unable to open database file\n")
+    assert result.stdout == (
+        f"BGWORKERS UNKNOWN - coordination database {elsewhere} "
+        "unreachable (run history): unable to open database file\n"
+    )
 
 
-@pytest.mark.parametrize("content, says", [
-    ("[jobs.heartbeat]\nevery = 'soon'\n", "jobs.heartbeat.every: "),
-    ("[database\n", "invalid TOML: "),
-    (None, "file not found"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("[jobs.heartbeat]\nevery = 'soon'\n", "jobs.heartbeat.every: "),
+        ("[database\n", "invalid TOML: "),
+        (None, "file not found"),
+    ],
+)
 def test_unknown_with_bad_settings_but_other_commands_keep_exit_2(
-        tmp_path: Path, content: str | None, says: str) -> None:
+    tmp_path: Path, content: str | None, says: str
+) -> None:
     config = tmp_path / "settings.toml"
     if content is not None:
         config.write_text(content)
@@ -293,23 +368,25 @@ def test_unknown_with_bad_settings_but_other_commands_keep_exit_2(
     assert jobs.returncode == 2 and says in jobs.stderr
 
 
-def test_a_partial_run_is_critical_and_bad_usage_unknown(db_urls: DbUrls, tmp_path: Path,
-                                                        make_world: MakeWorld) -> None:
+def test_a_partial_run_is_critical_and_bad_usage_unknown(
+    db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["one"])
     add_runs(db_urls.core_url, [("one", "partial", MINUTE / 2, "1 of 3 tables failed")])
     result = status(config)
     assert result.returncode == 2
     assert result.stdout.startswith(
-        "BGWORKERS CRITICAL - 1 critical, 0 warning, 0 ok (1 job/tenant pair)\n")
+        "BGWORKERS CRITICAL - 1 critical, 0 warning, 0 ok (1 job/tenant pair)\n"
+    )
     assert "): 1 of 3 tables failed\n" in result.stdout
     bogus = bgworkers("--config", str(config), "status", "--bogus")
     assert bogus.returncode == 3 and bogus.stdout.startswith("BGWORKERS UNKNOWN - ")
 
 
-def test_a_few_indexed_queries_whatever_the_history_size(db_urls: DbUrls,
-                                                         tmp_path: Path,
-                                                         make_world: MakeWorld) -> None:
+def test_a_few_indexed_queries_whatever_the_history_size(
+    db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld
+) -> None:
     """The statements status runs do not grow with the history, and read it by index."""
     config = heartbeat_settings(tmp_path / "s.toml", db_urls, every="1m")
     make_world(config, ["one", "two"])
@@ -318,8 +395,11 @@ def test_a_few_indexed_queries_whatever_the_history_size(db_urls: DbUrls,
     def statements() -> list[tuple[str, Any]]:
         seen: list[tuple[str, Any]] = []
         dbs = Databases(settings)
-        sa.event.listen(dbs.coordination, "before_cursor_execute",
-                        lambda _c, _cur, sql, params, *_: seen.append((sql, params)))
+        sa.event.listen(
+            dbs.coordination,
+            "before_cursor_execute",
+            lambda _c, _cur, sql, params, *_: seen.append((sql, params)),
+        )
         try:
             result = status_module.check(settings, dbs, datetime.now(UTC))
         finally:
@@ -329,9 +409,15 @@ def test_a_few_indexed_queries_whatever_the_history_size(db_urls: DbUrls,
 
     add_runs(db_urls.core_url, [("one", "ok", MINUTE / 2), ("two", "ok", MINUTE / 2)])
     small = statements()
-    add_runs(db_urls.core_url, [(t, s, timedelta(hours=2, seconds=3 * i + k))
-                                for i in range(500) for t in ("one", "two")
-                                for k, s in enumerate(("ok", "failed", "missed"))])
+    add_runs(
+        db_urls.core_url,
+        [
+            (t, s, timedelta(hours=2, seconds=3 * i + k))
+            for i in range(500)
+            for t in ("one", "two")
+            for k, s in enumerate(("ok", "failed", "missed"))
+        ],
+    )
     add_runs(db_urls.core_url, [("one", "ok", MINUTE / 4), ("two", "ok", MINUTE / 4)])
     large = statements()
     assert len(small) == len(large) == 2, large
@@ -339,15 +425,22 @@ def test_a_few_indexed_queries_whatever_the_history_size(db_urls: DbUrls,
     engine = sa.create_engine(db_urls.core_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         if db_urls.backend == "sqlite":
-            plan = [r[3] for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN " + newest_per_status, params) if "bgw_run" in r[3]]
+            plan = [
+                r[3]
+                for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + newest_per_status, params)
+                if "bgw_run" in r[3]
+            ]
             assert len(plan) == 9 and all(
-                "USING COVERING INDEX ix_bgw_run_job_tenant_status" in step for step in plan)
+                "USING COVERING INDEX ix_bgw_run_job_tenant_status" in step for step in plan
+            )
         else:
             conn.exec_driver_sql("ANALYZE TABLE bgw_run").all()
-            plan = [r._mapping for r in conn.exec_driver_sql(
-                "EXPLAIN " + newest_per_status, params)]
+            plan = [
+                r._mapping for r in conn.exec_driver_sql("EXPLAIN " + newest_per_status, params)
+            ]
             assert len(plan) == 9 and all(  # a loose index scan: one step per (job, tenant)
-                step["key"] == "ix_bgw_run_job_tenant_status" and
-                "Using index for group-by" in step["Extra"] for step in plan), plan
+                step["key"] == "ix_bgw_run_job_tenant_status"
+                and "Using index for group-by" in step["Extra"]
+                for step in plan
+            ), plan
     engine.dispose()

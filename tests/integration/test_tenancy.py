@@ -37,31 +37,41 @@ def recreate_organization(engine: sa.Engine, *, case_sensitive: bool) -> None:
     byte for byte (a binary collation), so 'DEFAULT' and 'default' can both exist."""
     collation = "utf8mb4_bin" if case_sensitive and engine.dialect.name != "sqlite" else None
     md = sa.MetaData()
-    sa.Table("organization", md,
-             sa.Column("id_org", sa.Integer, primary_key=True),
-             sa.Column("code", sa.String(50, collation=collation), nullable=True, unique=True),
-             sa.Column("name", sa.String(200), nullable=False),
-             sa.Column("status", sa.String(20), nullable=False, server_default="active"),
-             sa.Column("org_serial_code", sa.String(8)))
+    sa.Table(
+        "organization",
+        md,
+        sa.Column("id_org", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(50, collation=collation), nullable=True, unique=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("status", sa.String(20), nullable=False, server_default="active"),
+        sa.Column("org_serial_code", sa.String(8)),
+    )
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE organization"))
         md.create_all(conn)
 
 
 @pytest.fixture
-def world_of(db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld,
-             monkeypatch: pytest.MonkeyPatch) -> Callable[..., World]:
+def world_of(
+    db_urls: DbUrls, tmp_path: Path, make_world: MakeWorld, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., World]:
     """A world of these organizations, every tenant with the ERP schema; the organization
     table reshaped first when codes may be NULL or are compared byte for byte."""
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
 
-    def make(orgs: list[dict[str, Any]], extra: str = "", case_sensitive: bool = False,
-             nullable: bool = False) -> World:
+    def make(
+        orgs: list[dict[str, Any]],
+        extra: str = "",
+        case_sensitive: bool = False,
+        nullable: bool = False,
+    ) -> World:
         config = heartbeat_settings(tmp_path / "settings.toml", db_urls, every="1m", extra=extra)
         reshape = None
         if case_sensitive or nullable:
+
             def reshape(engine: sa.Engine) -> None:
                 recreate_organization(engine, case_sensitive=case_sensitive)
+
         return make_world(config, orgs, erp_schema=True, organization=reshape)
 
     return make
@@ -78,9 +88,16 @@ def tenant_engine(world: World, raw_url: str) -> sa.Engine:
 
 def add_dead_row(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.insert(tenant.serial_link_outbox).values(
-            serial_code=SERIAL, dag_token_id=7, status="dead", retry_count=10,
-            created_at=OLD, updated_at=OLD))
+        conn.execute(
+            sa.insert(tenant.serial_link_outbox).values(
+                serial_code=SERIAL,
+                dag_token_id=7,
+                status="dead",
+                retry_count=10,
+                created_at=OLD,
+                updated_at=OLD,
+            )
+        )
 
 
 def outbox_statuses(engine: sa.Engine) -> list[str]:
@@ -92,8 +109,9 @@ def outbox_statuses(engine: sa.Engine) -> list[str]:
 
 
 def test_codes_equal_ignoring_case_are_both_refused_everywhere(world_of: Any) -> None:
-    world = world_of([org(1, "DEFAULT"), org(2, "default", "1"), org(3, "maison_atelier")],
-                       case_sensitive=True)
+    world = world_of(
+        [org(1, "DEFAULT"), org(2, "default", "1"), org(3, "maison_atelier")], case_sensitive=True
+    )
     tenants, problems = discover(world.settings, world.dbs.core)
     assert [t.code for t in tenants] == ["maison_atelier"]
     assert [(p.id, p.code) for p in problems] == [(1, "DEFAULT"), (2, "default")]
@@ -123,24 +141,32 @@ def test_codes_equal_ignoring_case_are_both_refused_everywhere(world_of: Any) ->
         assert "'default' (organization id 2)" in runs[code]["refused"]
     text = world.cli("status")
     assert text.returncode == 2
-    assert "    tenant refused: tenant 'DEFAULT' (organization id 1) refused: it collides " \
-           "with 'default' (organization id 2)" in text.stdout
+    assert (
+        "    tenant refused: tenant 'DEFAULT' (organization id 1) refused: it collides "
+        "with 'default' (organization id 2)" in text.stdout
+    )
 
     stats = world.cli("outbox", "stats")
     assert stats.returncode == 1
     assert stats.stdout.startswith("tenant DEFAULT: tenant 'DEFAULT' (organization id 1) refused")
     explained = world.cli("explain", SERIAL)
-    assert "tenant default (id 2): REFUSED, not read: tenant 'default' (organization id 2) " \
-           "refused: it collides with 'DEFAULT' (organization id 1)" in explained.stdout
+    assert (
+        "tenant default (id 2): REFUSED, not read: tenant 'default' (organization id 2) "
+        "refused: it collides with 'DEFAULT' (organization id 1)" in explained.stdout
+    )
 
 
-def test_urls_of_one_database_are_both_refused(world_of: Any, db_urls: DbUrls,
-                                               tmp_path: Path) -> None:
+def test_urls_of_one_database_are_both_refused(
+    world_of: Any, db_urls: DbUrls, tmp_path: Path
+) -> None:
     world = world_of([org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "third")])
     default_db = db_urls.tenant("DEFAULT")
     # the same database spelled differently: a dot segment, or without the query
-    same = (default_db.replace(str(tmp_path), f"{tmp_path}/.") if db_urls.backend == "sqlite"
-            else default_db.split("?")[0])
+    same = (
+        default_db.replace(str(tmp_path), f"{tmp_path}/.")
+        if db_urls.backend == "sqlite"
+        else default_db.split("?")[0]
+    )
     assert same != default_db
     other = db_urls.tenant("shared")
     cases = {
@@ -159,10 +185,13 @@ def test_urls_of_one_database_are_both_refused(world_of: Any, db_urls: DbUrls,
             assert "ignoring case" not in problem.error, case
 
 
-def test_null_empty_and_blank_codes_are_refused(world_of: Any, db_urls: DbUrls,
-                                                tmp_path: Path) -> None:
-    world = world_of([org(1, "DEFAULT"), org(5, None), org(6, ""), org(7, "\t"),
-                        org(8, None, "inactive")], nullable=True)
+def test_null_empty_and_blank_codes_are_refused(
+    world_of: Any, db_urls: DbUrls, tmp_path: Path
+) -> None:
+    world = world_of(
+        [org(1, "DEFAULT"), org(5, None), org(6, ""), org(7, "\t"), org(8, None, "inactive")],
+        nullable=True,
+    )
     tenants, problems = discover(world.settings, world.dbs.core)
     assert [t.code for t in tenants] == ["DEFAULT"]
     assert [(p.id, p.code) for p in problems] == [(5, "<id 5>"), (6, "<id 6>"), (7, "<id 7>")]
@@ -173,7 +202,11 @@ def test_null_empty_and_blank_codes_are_refused(world_of: Any, db_urls: DbUrls,
         assert sorted(p.name for p in tmp_path.glob("tenant_*.db")) == ["tenant_default.db"]
     status = world.cli("status", "--json")
     assert {r["tenant"]: r["state"] for r in json.loads(status.stdout)["pairs"]} == {
-        "DEFAULT": "WARNING", "<id 5>": "CRITICAL", "<id 6>": "CRITICAL", "<id 7>": "CRITICAL"}
+        "DEFAULT": "WARNING",
+        "<id 5>": "CRITICAL",
+        "<id 6>": "CRITICAL",
+        "<id 7>": "CRITICAL",
+    }
 
 
 def test_override_keyed_with_the_wrong_case_is_reported(world_of: Any, db_urls: DbUrls) -> None:
@@ -187,7 +220,10 @@ def test_override_keyed_with_the_wrong_case_is_reported(world_of: Any, db_urls: 
     assert len(warnings) == 1, stats.stderr
     assert warnings[0]["level"] == "warning"
     assert (warnings[0]["setting"], warnings[0]["key"], warnings[0]["tenants"]) == (
-        "tenants.urls", "MAISON_ATELIER", ["maison_atelier"])
+        "tenants.urls",
+        "MAISON_ATELIER",
+        ["maison_atelier"],
+    )
     again = world.cli("outbox", "stats")  # once per process
     assert again.returncode == 0 and "tenant_code_case_mismatch" not in again.stderr
     settings = load_settings(world.config)
@@ -200,16 +236,23 @@ def test_override_keyed_with_the_wrong_case_is_reported(world_of: Any, db_urls: 
 
 
 def test_a_case_variant_is_refused_and_the_exact_code_uses_the_override(
-        world_of: Any, db_urls: DbUrls) -> None:
+    world_of: Any, db_urls: DbUrls
+) -> None:
     override = db_urls.tenant("maison_override")
-    world = world_of([org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "closed", "inactive")],
-                       extra=f"[tenants.urls]\nmaison_atelier = '{override}'\n")
+    world = world_of(
+        [org(1, "DEFAULT"), org(2, "maison_atelier"), org(3, "closed", "inactive")],
+        extra=f"[tenants.urls]\nmaison_atelier = '{override}'\n",
+    )
     template = tenant_engine(world, db_urls.tenant("maison_atelier"))  # not the tenant's
     own = world.dbs.tenant("maison_atelier")
     add_dead_row(template)
     add_dead_row(own)
-    engines = {"core": world.dbs.core, "DEFAULT": world.dbs.tenant("DEFAULT"),
-               "override": own, "template": template}
+    engines = {
+        "core": world.dbs.core,
+        "DEFAULT": world.dbs.tenant("DEFAULT"),
+        "override": own,
+        "template": template,
+    }
     before = table_digest(engines)
 
     hint = "tenant MAISON_ATELIER: not in core organization; did you mean 'maison_atelier'?"
@@ -219,7 +262,9 @@ def test_a_case_variant_is_refused_and_the_exact_code_uses_the_override(
     assert (stats.returncode, stats.stdout.splitlines()) == (2, [hint]), stats.stderr
     explained = world.cli("explain", SERIAL, "--tenant", "MAISON_ATELIER")
     assert (explained.returncode, explained.stdout.splitlines()) == (
-        2, [f"bgworkers explain: {hint}"]), explained.stderr
+        2,
+        [f"bgworkers explain: {hint}"],
+    ), explained.stderr
     assert table_digest(engines) == before  # nothing written anywhere
 
     tenant_found = resolve(world.settings, world.dbs.core, "maison_atelier")
@@ -236,8 +281,9 @@ def test_a_case_variant_is_refused_and_the_exact_code_uses_the_override(
     assert stats.stdout.splitlines()[1].split()[:5] == ["maison_atelier", "0", "0", "0", "1"]
     explained = world.cli("explain", SERIAL, "--tenant", "maison_atelier", "--json")
     assert explained.returncode == 0, explained.stdout
-    assert [r["id"] for r in json.loads(explained.stdout)["tenants"]["maison_atelier"]
-            ["outbox"]] == [1]
+    assert [
+        r["id"] for r in json.loads(explained.stdout)["tenants"]["maison_atelier"]["outbox"]
+    ] == [1]
     requeue = world.cli("outbox", "requeue", "--tenant", "maison_atelier", "--all-dead")
     assert requeue.returncode == 0, requeue.stdout
     assert "requeued 1 dead row(s)" in requeue.stdout

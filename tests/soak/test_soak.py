@@ -122,12 +122,19 @@ def stalled_transactions(url: str) -> list[str]:
     engine = sa.create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT trx_state, TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) / 1e6 AS age,"
-                " trx_rows_locked, trx_query FROM information_schema.innodb_trx"))
-            return [f"{row.trx_state} {row.age:.1f} s, {row.trx_rows_locked} rows locked"
-                    + (f": {' '.join(row.trx_query.split())[:60]}" if row.trx_query else "")
-                    for row in rows if row.age >= 0.4]
+            rows = conn.execute(
+                sa.text(
+                    "SELECT trx_state,"
+                    " TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) / 1e6 AS age,"
+                    " trx_rows_locked, trx_query FROM information_schema.innodb_trx"
+                )
+            )
+            return [
+                f"{row.trx_state} {row.age:.1f} s, {row.trx_rows_locked} rows locked"
+                + (f": {' '.join(row.trx_query.split())[:60]}" if row.trx_query else "")
+                for row in rows
+                if row.age >= 0.4
+            ]
     finally:
         engine.dispose()
 
@@ -138,8 +145,11 @@ def valid_leases(url: str, pid: int) -> dict[str, float]:
     c = own.lease.c
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(c.tenant, c.expires_at).where(
-                c.holder.endswith(f":{pid}"), c.expires_at > sa.func.utc_timestamp(6)))
+            rows = conn.execute(
+                sa.select(c.tenant, c.expires_at).where(
+                    c.holder.endswith(f":{pid}"), c.expires_at > sa.func.utc_timestamp(6)
+                )
+            )
             return {row.tenant: epoch(row.expires_at) for row in rows}
     finally:
         engine.dispose()
@@ -185,10 +195,18 @@ class Timeline:
         """(name, live replicas, first tick, last tick) of each steady phase."""
         return [
             ("A, B, C live", REPLICAS, self.first, tick_of(self.kill) - EVERY),
-            ("B, C after the kill", ("B", "C"), tick_after(self.kill),
-             tick_of(self.freeze) - EVERY),
-            ("B, C after the freeze", ("B", "C"), tick_after(self.resume),
-             tick_of(self.db_down) - EVERY),
+            (
+                "B, C after the kill",
+                ("B", "C"),
+                tick_after(self.kill),
+                tick_of(self.freeze) - EVERY,
+            ),
+            (
+                "B, C after the freeze",
+                ("B", "C"),
+                tick_after(self.resume),
+                tick_of(self.db_down) - EVERY,
+            ),
             ("B, C after the restart", ("B", "C"), self.restart[1] + EVERY, self.last),
         ]
 
@@ -196,18 +214,25 @@ class Timeline:
 def run_soak(server: MariaDB, tmp_path: Path) -> tuple[Timeline, str, dict[str, Path]]:
     """Set up, run the timeline; returns it, the coordination URL and the replicas' logs."""
     coordination = f"{server.url}/soak_coordination?charset=utf8mb4"
-    urls = DbUrls("mariadb", f"{server.url}/soak_core?charset=utf8mb4",
-                  f"{server.url}/{{code_lower}}?charset=utf8mb4")
+    urls = DbUrls(
+        "mariadb",
+        f"{server.url}/soak_core?charset=utf8mb4",
+        f"{server.url}/{{code_lower}}?charset=utf8mb4",
+    )
     config = heartbeat_settings(
-        tmp_path / "soak.toml", urls, every=f"{EVERY:g}s", hold=f"{HOLD * 1000:g}ms",
-        max_workers=WORKERS, lease_ttl=f"{TTL:g}s",
-        extra=f'[database]\ncoordination_url = "{coordination}"\n')
+        tmp_path / "soak.toml",
+        urls,
+        every=f"{EVERY:g}s",
+        hold=f"{HOLD * 1000:g}ms",
+        max_workers=WORKERS,
+        lease_ttl=f"{TTL:g}s",
+        extra=f'[database]\ncoordination_url = "{coordination}"\n',
+    )
     build_world(config, TENANTS).dbs.dispose()
     logs = {name: tmp_path / f"replica_{name}.log" for name in REPLICAS}
     t = Timeline()
     with ExitStack() as stack:
-        procs = {name: stack.enter_context(daemon(config, log=logs[name]))
-                 for name in REPLICAS}
+        procs = {name: stack.enter_context(daemon(config, log=logs[name])) for name in REPLICAS}
         t.pids = {name: proc.pid for name, proc in procs.items()}
         deadline = time.monotonic() + 60
         while not all(events(log, "daemon_started") for log in logs.values()):
@@ -247,8 +272,7 @@ def run_soak(server: MariaDB, tmp_path: Path) -> tuple[Timeline, str, dict[str, 
     return t, coordination, logs
 
 
-def test_three_replicas_spread_the_work_and_take_over(
-        own_mariadb: MariaDB, tmp_path: Path) -> None:
+def test_three_replicas_spread_the_work_and_take_over(own_mariadb: MariaDB, tmp_path: Path) -> None:
     started = time.monotonic()
     t, coordination, logs = run_soak(own_mariadb, tmp_path)
     history = runs(coordination)
@@ -257,14 +281,22 @@ def test_three_replicas_spread_the_work_and_take_over(
             print(*row, sep="\t", file=out)
     soak = Soak(history, t, logs)
     soak.check()
-    report = "\n".join([f"soak: {time.monotonic() - started:.0f} s, {len(history)} rows",
-                        *soak.figures])
+    report = "\n".join(
+        [f"soak: {time.monotonic() - started:.0f} s, {len(history)} rows", *soak.figures]
+    )
     print("\n" + report)
     failed = {name: found for name, found in soak.problems.items() if found}
     if failed:
-        pytest.fail("\n".join(
-            [f"{name}: {len(found)} violation(s), e.g.\n    " + "\n    ".join(found[:8])
-             for name, found in failed.items()] + ["", report]), pytrace=False)
+        pytest.fail(
+            "\n".join(
+                [
+                    f"{name}: {len(found)} violation(s), e.g.\n    " + "\n    ".join(found[:8])
+                    for name, found in failed.items()
+                ]
+                + ["", report]
+            ),
+            pytrace=False,
+        )
 
 
 # ------------------------------------------------------------------ checks
@@ -291,8 +323,9 @@ class Soak:
 
     def describe(self, row: Any) -> str:
         error = (row.error or "").splitlines()[0][:90] if row.error else ""
-        return (f"tick {clock(epoch(row.tick_at))} {row.tenant} {row.status} by "
-                f"{self.who(row)}" + (f": {error}" if error else ""))
+        return f"tick {clock(epoch(row.tick_at))} {row.tenant} {row.status} by {self.who(row)}" + (
+            f": {error}" if error else ""
+        )
 
     def check(self) -> None:
         t = self.t
@@ -303,13 +336,16 @@ class Soak:
             f"{clock(t.db_down)} up {clock(t.db_up)}, SIGTERM {clock(t.term)}; ticks checked "
             f"{clock(t.first)}..{clock(t.last)} ({len(self.ticks)}), restart window "
             f"{clock(lo)}..{clock(hi)}",
-            "rows per status (ticks checked): " + ", ".join(
-                f"{s} {n}" for s, n in Counter(r.status for r in self.checked).most_common()),
+            "rows per status (ticks checked): "
+            + ", ".join(
+                f"{s} {n}" for s, n in Counter(r.status for r in self.checked).most_common()
+            ),
             "transactions open 0.5 s into the freeze (B's, and writes waiting on them): "
             + ("; ".join(t.stalled) or "none"),
         ]
         self.problems["0 exit on SIGTERM"] = [
-            f"{name} exited {code}" for name, code in t.exits.items() if code != 0]
+            f"{name} exited {code}" for name, code in t.exits.items() if code != 0
+        ]
         self.no_overlap()
         self.ticks_run_once()
         self.every_tick_has_a_row()
@@ -329,15 +365,19 @@ class Soak:
             f"{self.describe(after)} started {clock(epoch(after.started_at))}"
             for rows in held.values()
             for before, after in pairwise(sorted(rows, key=lambda r: r.started_at))
-            if before.ended_at is None or before.ended_at > after.started_at]
+            if before.ended_at is None or before.ended_at > after.started_at
+        ]
 
     def ticks_run_once(self) -> None:
         """2. One row that ran per (job, tenant, tick), and every run the logs show is that
         row (its run_id, its replica): a second run of a tick whose row names only one
         shows as a run without its row."""
         ran = Counter((r.job, r.tenant, r.tick_at) for r in self.history if r.status in RAN)
-        twice = [f"{job}/{tenant} tick {clock(epoch(at))}: {n} rows that ran"
-                 for (job, tenant, at), n in ran.items() if n > 1]
+        twice = [
+            f"{job}/{tenant} tick {clock(epoch(at))}: {n} rows that ran"
+            for (job, tenant, at), n in ran.items()
+            if n > 1
+        ]
         by_run = {r.run_id: r for r in self.history}
         logged: Counter[tuple[str, str, datetime]] = Counter()
         seen: set[str] = set()
@@ -349,29 +389,35 @@ class Soak:
                 seen.add(run_id)
                 row = by_run.get(run_id)
                 if row is None:
-                    twice.append(f"{name} ran {event['job']}/{event['tenant']} (run {run_id},"
-                                 f" {event['event']}) with no history row")
+                    twice.append(
+                        f"{name} ran {event['job']}/{event['tenant']} (run {run_id},"
+                        f" {event['event']}) with no history row"
+                    )
                 elif row.pid != self.t.pids[name] or row.status not in RAN:
-                    twice.append(f"{name} ran run {run_id} whose row says "
-                                 f"{self.describe(row)}")
+                    twice.append(f"{name} ran run {run_id} whose row says {self.describe(row)}")
                 else:
                     logged[row.job, row.tenant, row.tick_at] += 1
-        twice += [f"{job}/{tenant} tick {clock(epoch(at))}: run {n} times in the logs"
-                  for (job, tenant, at), n in logged.items() if n > 1]
+        twice += [
+            f"{job}/{tenant} tick {clock(epoch(at))}: run {n} times in the logs"
+            for (job, tenant, at), n in logged.items()
+            if n > 1
+        ]
         self.problems["2 tick run twice"] = twice
-        self.figures.append(f"runs in the logs: {len(seen)}"
-                            + ("" if twice else ", each matched to its own row"))
+        self.figures.append(
+            f"runs in the logs: {len(seen)}" + ("" if twice else ", each matched to its own row")
+        )
 
     def every_tick_has_a_row(self) -> None:
         """3. Every tick of every tenant has a row; no row is left running."""
         keys = {(r.tenant, epoch(r.tick_at)) for r in self.history if r.job == "heartbeat"}
-        absent = Counter(tick for tick in self.ticks for tenant in TENANTS
-                         if (tenant, tick) not in keys)
+        absent = Counter(
+            tick for tick in self.ticks for tenant in TENANTS if (tenant, tick) not in keys
+        )
         self.problems["3 tick without a row"] = [
             f"tick {clock(tick)}: {n} tenants without a row"
             + (" (restart window)" if self.t.in_restart(tick) else "")
-            for tick, n in sorted(absent.items())] + [
-            f"left running: {self.describe(r)}" for r in self.history if r.status == "running"]
+            for tick, n in sorted(absent.items())
+        ] + [f"left running: {self.describe(r)}" for r in self.history if r.status == "running"]
 
     def takeovers(self) -> None:
         """4. The lost replicas' tenants run on another replica within TTL + a tick + SLACK."""
@@ -382,35 +428,58 @@ class Soak:
             if not held:
                 late.append(f"{victim} held no lease when it went away: no takeover tested")
                 continue
-            delays = {tenant: min((epoch(r.started_at) - at for r in self.history
-                                   if r.tenant == tenant and r.status == "ok"
-                                   and r.pid != self.t.pids[victim]
-                                   and epoch(r.started_at) > at), default=math.inf)
-                      for tenant in held}
+            delays = {
+                tenant: min(
+                    (
+                        epoch(r.started_at) - at
+                        for r in self.history
+                        if r.tenant == tenant
+                        and r.status == "ok"
+                        and r.pid != self.t.pids[victim]
+                        and epoch(r.started_at) > at
+                    ),
+                    default=math.inf,
+                )
+                for tenant in held
+            }
             worst = max(delays, key=lambda tenant: delays[tenant])
             self.figures.append(
                 f"takeover of {victim}'s {len(held)} leases (expiring within "
                 f"{max(held.values()) - at:.1f} s): worst {delays[worst]:.1f} s ({worst}), "
-                f"bound {bound:g} s")
-            late += [f"{victim}'s {tenant}: run again by another replica {delay:.1f} s after"
-                     for tenant, delay in sorted(delays.items()) if delay > bound]
+                f"bound {bound:g} s"
+            )
+            late += [
+                f"{victim}'s {tenant}: run again by another replica {delay:.1f} s after"
+                for tenant, delay in sorted(delays.items())
+                if delay > bound
+            ]
         self.problems["4 late takeover"] = late
 
     def fair_spread(self) -> None:
         """5. In each phase every live replica ran a fair share of the ok runs."""
         unfair = []
         for phase, live, lo, hi in self.t.phases():
-            ok = Counter(self.who(r) for r in self.history
-                         if r.status == "ok" and lo <= epoch(r.tick_at) <= hi)
+            ok = Counter(
+                self.who(r)
+                for r in self.history
+                if r.status == "ok" and lo <= epoch(r.tick_at) <= hi
+            )
             total = sum(ok.values())
             floor = FAIR_FLOOR / len(live)
             self.figures.append(
-                f"ok runs, {phase} (ticks {clock(lo)}..{clock(hi)}): {total}: " + ", ".join(
+                f"ok runs, {phase} (ticks {clock(lo)}..{clock(hi)}): {total}: "
+                + ", ".join(
                     f"{name} {ok[name]} ({ok[name] / max(total, 1):.0%})"
-                    for name in sorted(set(live) | set(ok))) + f"; floor {floor:.1%} each")
-            unfair += [f"{phase}: {name} ran {ok[name]} of {total} "
-                       f"({ok[name] / max(total, 1):.1%} < {floor:.1%})"
-                       for name in live if ok[name] < floor * max(total, 1)]
+                    for name in sorted(set(live) | set(ok))
+                )
+                + f"; floor {floor:.1%} each"
+            )
+            unfair += [
+                f"{phase}: {name} ran {ok[name]} of {total} "
+                f"({ok[name] / max(total, 1):.1%} < {floor:.1%})"
+                for name in live
+                if ok[name] < floor * max(total, 1)
+            ]
             if total == 0:
                 unfair.append(f"{phase}: no ok runs")
         self.problems["5 unfair spread"] = unfair
@@ -425,21 +494,29 @@ class Soak:
             tick = epoch(row.tick_at)
             if row.status == "ok" or self.t.in_restart(tick):
                 continue
-            going = any(row.pid == self.t.pids[victim] and tick == tick_of(at)
-                        for victim, at in self.t.lost())
+            going = any(
+                row.pid == self.t.pids[victim] and tick == tick_of(at)
+                for victim, at in self.t.lost()
+            )
             leased = row.status == "skipped" and any(
                 tick_of(at) < tick < self.t.held[victim].get(row.tenant, -math.inf)
-                for victim, at in self.t.lost())
+                for victim, at in self.t.lost()
+            )
             if going or leased:
                 why = "the lost replica's own" if going else "lease of the lost replica"
                 excused[f"{row.status} ({why})"] += 1
             else:
                 starved.append(self.describe(row))
         self.problems["6 tick not run by a live replica"] = starved
-        self.figures.append("not ok outside the restart window: " + ", ".join(
-            [f"{n} {why}" for why, n in excused.items()] + [f"{len(starved)} starved"]))
-        reasons = Counter(f"{r.status}: {(r.error or '').splitlines()[0][:70]}"
-                          for r in self.checked if r.status != "ok" and r.error)
+        self.figures.append(
+            "not ok outside the restart window: "
+            + ", ".join([f"{n} {why}" for why, n in excused.items()] + [f"{len(starved)} starved"])
+        )
+        reasons = Counter(
+            f"{r.status}: {(r.error or '').splitlines()[0][:70]}"
+            for r in self.checked
+            if r.status != "ok" and r.error
+        )
         self.figures += [f"  {n:4d} x {why}" for why, n in reasons.most_common(8)]
 
     def worst_gap(self) -> None:
@@ -448,11 +525,14 @@ class Soak:
         lo, hi = self.t.restart
         gaps = []
         for tenant in TENANTS:
-            oks = sorted(epoch(r.tick_at) for r in self.checked
-                         if r.tenant == tenant and r.status == "ok")
+            oks = sorted(
+                epoch(r.tick_at) for r in self.checked if r.tenant == tenant and r.status == "ok"
+            )
             gaps += [(b - a, tenant, a) for a, b in pairwise(oks) if b < lo or a > hi]
         if gaps:
             gap, tenant, since = max(gaps)
-            self.figures.append(f"worst gap between ok runs outside the restart window: "
-                                f"{gap:g} s ({tenant} after tick {clock(since)}; "
-                                f"every {EVERY:g} s)")
+            self.figures.append(
+                f"worst gap between ok runs outside the restart window: "
+                f"{gap:g} s ({tenant} after tick {clock(since)}; "
+                f"every {EVERY:g} s)"
+            )

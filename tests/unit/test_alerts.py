@@ -25,14 +25,19 @@ CASES = [
     ("serial_outbox", {"failed_retry": 6}, {}, ["alert_outbox_failed_retries"]),
     ("serial_outbox", {"failed_retry": 6}, {"failed_retries_per_run": 6}, []),
     ("dashboard_fast", {"failed_retry": 50}, {}, []),  # an outbox counter only
-    ("serial_outbox", {"marked_dead": 2, "errors": 1}, {},
-     ["alert_outbox_dead", "alert_job_errors"]),
+    (
+        "serial_outbox",
+        {"marked_dead": 2, "errors": 1},
+        {},
+        ["alert_outbox_dead", "alert_job_errors"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("job", "counters", "thresholds", "events"), CASES)
-def test_rules(job: str, counters: dict[str, int], thresholds: dict[str, int],
-               events: list[str]) -> None:
+def test_rules(
+    job: str, counters: dict[str, int], thresholds: dict[str, int], events: list[str]
+) -> None:
     alerts = alerts_of(job, counters, AlertsSettings(**thresholds))  # type: ignore[arg-type]
     assert [a.event for a in alerts] == events
 

@@ -18,10 +18,29 @@ from helpers import CliResult, DbUrls, MakeWorld, write_settings
 from helpers import bgworkers as cli
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = [[], ["run"], ["run-once"], ["jobs"], ["status"], ["explain"], ["check-config"],
-            ["outbox"], ["outbox", "stats"], ["outbox", "requeue"], ["db"], ["db", "init"],
-            ["db", "upgrade"], ["db", "check"], ["demo-data"], ["history"], ["quarantine"],
-            ["quarantine", "list"], ["quarantine", "resolve"], ["pause"], ["resume"]]
+COMMANDS = [
+    [],
+    ["run"],
+    ["run-once"],
+    ["jobs"],
+    ["status"],
+    ["explain"],
+    ["check-config"],
+    ["outbox"],
+    ["outbox", "stats"],
+    ["outbox", "requeue"],
+    ["db"],
+    ["db", "init"],
+    ["db", "upgrade"],
+    ["db", "check"],
+    ["demo-data"],
+    ["history"],
+    ["quarantine"],
+    ["quarantine", "list"],
+    ["quarantine", "resolve"],
+    ["pause"],
+    ["resume"],
+]
 
 
 def bgworkers(*args: str, cwd: Path = ROOT) -> CliResult:
@@ -30,8 +49,14 @@ def bgworkers(*args: str, cwd: Path = ROOT) -> CliResult:
 
 def process(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`python -m bgworkers ARGS` as a process of its own."""
-    return subprocess.run([sys.executable, "-m", "bgworkers", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bgworkers", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_the_entry_point_as_a_process_prints_help_and_exits_0() -> None:
@@ -41,22 +66,30 @@ def test_the_entry_point_as_a_process_prints_help_and_exits_0() -> None:
 
 
 def test_the_entry_point_as_a_process_exits_with_the_run_once_status(
-        tmp_path: Path, make_world: MakeWorld) -> None:
-    urls = DbUrls("sqlite", f"sqlite:///{tmp_path}/core.db",
-                  f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db")
-    config = write_settings(tmp_path / "settings.toml", urls, """
+    tmp_path: Path, make_world: MakeWorld
+) -> None:
+    urls = DbUrls(
+        "sqlite", f"sqlite:///{tmp_path}/core.db", f"sqlite:///{tmp_path}/tenant_{{code_lower}}.db"
+    )
+    config = write_settings(
+        tmp_path / "settings.toml",
+        urls,
+        """
 [jobs.heartbeat]
 enabled = true
 [tenants.urls]
 broken = "sqlite:////nonexistent-dir/broken.db"
-""")
+""",
+    )
     world = make_world(config, ["DEFAULT"])
     ok = process("run-once", "heartbeat", "--json", "--config", str(config))
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["total"] == {"tenants": 1, "checks": 1, "errors": 0}
     with world.dbs.core.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO organization (id_org, code, name, status) "
-                             "VALUES (9, 'broken', 'Broken', 'active')")
+        conn.exec_driver_sql(
+            "INSERT INTO organization (id_org, code, name, status) "
+            "VALUES (9, 'broken', 'Broken', 'active')"
+        )
     failed = process("run-once", "heartbeat", "--json", "--config", str(config))
     assert failed.returncode == 1, failed.stderr
     assert json.loads(failed.stdout)["total"]["errors"] == 1
@@ -97,8 +130,9 @@ def test_jobs_lists_every_job_with_trigger_and_lease_group() -> None:
 def test_jobs_with_other_config_previews_the_reload(tmp_path: Path) -> None:
     (tmp_path / "settings.toml").write_text("[jobs.heartbeat]\nenabled = true\n")
     other = tmp_path / "other.toml"
-    other.write_text("[jobs.heartbeat]\nenabled = true\ncron = '*/10 * * * 1-5'\n"
-                     "[logging]\nlevel = 'debug'\n")
+    other.write_text(
+        "[jobs.heartbeat]\nenabled = true\ncron = '*/10 * * * 1-5'\n[logging]\nlevel = 'debug'\n"
+    )
     result = bgworkers("jobs", "--config", str(other), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     heartbeat = table(result.stdout)[6]
@@ -107,7 +141,8 @@ def test_jobs_with_other_config_previews_the_reload(tmp_path: Path) -> None:
     assert fire.minute % 10 == 0 and fire.weekday() < 5
     assert result.stdout.endswith(
         f"A reload from settings.toml to {other} would:\n"
-        "  reschedule: heartbeat\n  apply changed settings: logging, jobs\n")
+        "  reschedule: heartbeat\n  apply changed settings: logging, jobs\n"
+    )
 
 
 def test_unknown_job_is_a_usage_error() -> None:
@@ -131,8 +166,9 @@ def test_missing_settings_file_names_it(tmp_path: Path) -> None:
 def test_config_option_before_or_after_the_command(tmp_path: Path, before: bool) -> None:
     path = tmp_path / "other.toml"
     path.write_text("[logging]\nlevel = 'loud'\n")
-    args = ["--config", str(path), "db", "check"] if before else ["db", "check", "--config",
-                                                                    str(path)]
+    args = (
+        ["--config", str(path), "db", "check"] if before else ["db", "check", "--config", str(path)]
+    )
     result = bgworkers(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}: logging.level:")

@@ -13,17 +13,20 @@ from bgworkers.settings.cron import cron_trigger, crontab_weekdays
 SUNDAY = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)  # a Sunday
 
 
-@pytest.mark.parametrize(("field", "names"), [
-    ("*", "*"),
-    ("0", "sun"),
-    ("7", "sun"),
-    ("1-5", "mon,tue,wed,thu,fri"),
-    ("5-7", "sun,fri,sat"),
-    ("*/2", "sun,tue,thu,sat"),
-    ("1/2", "mon,wed,fri"),
-    ("mon,wed", "mon,wed"),
-    ("SAT", "sat"),
-])
+@pytest.mark.parametrize(
+    ("field", "names"),
+    [
+        ("*", "*"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("5-7", "sun,fri,sat"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("1/2", "mon,wed,fri"),
+        ("mon,wed", "mon,wed"),
+        ("SAT", "sat"),
+    ],
+)
 def test_crontab_weekdays(field: str, names: str) -> None:
     assert crontab_weekdays(field) == names
 
@@ -51,14 +54,18 @@ def _at(hour: int, minute: int, second: int = 0, micro: int = 0) -> datetime:
     return datetime(2026, 11, 22, hour, minute, second, micro, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("every", "now", "expected"), [
-    ("5m", _at(10, 3, 12), _at(10, 5)),
-    ("1m", _at(10, 3, 0, 1), _at(10, 4)),
-    ("1h", _at(10, 59), _at(11, 0)),
-    ("15m", _at(10, 15), _at(10, 15)),
-])
-def test_intervals_are_aligned_to_the_wall_clock(every: str, now: datetime,
-                                                 expected: datetime) -> None:
+@pytest.mark.parametrize(
+    ("every", "now", "expected"),
+    [
+        ("5m", _at(10, 3, 12), _at(10, 5)),
+        ("1m", _at(10, 3, 0, 1), _at(10, 4)),
+        ("1h", _at(10, 59), _at(11, 0)),
+        ("15m", _at(10, 15), _at(10, 15)),
+    ],
+)
+def test_intervals_are_aligned_to_the_wall_clock(
+    every: str, now: datetime, expected: datetime
+) -> None:
     job = SerialOutboxSettings(every=every)  # type: ignore[arg-type]
     assert next_fire(job, SchedulerSettings(), now) == expected
 
@@ -77,15 +84,19 @@ def test_describe_trigger() -> None:
     assert describe_trigger(SerialOutboxSettings(cron="*/5 * * * *")) == "cron '*/5 * * * *'"
 
 
-@pytest.mark.parametrize(("table", "now", "expected"), [
-    ({"every": "5m"}, SUNDAY + timedelta(minutes=7, seconds=3), SUNDAY + timedelta(minutes=5)),
-    ({"every": "5m"}, SUNDAY, SUNDAY),  # a tick due right now is the latest one
-    ({"every": "1h"}, SUNDAY - timedelta(seconds=1), SUNDAY - timedelta(hours=1)),
-    ({"cron": "30 2 * * *"}, SUNDAY, SUNDAY.replace(hour=2, minute=30)),
-    ({"cron": "0 9 * * 1-5"}, SUNDAY, SUNDAY.replace(hour=9) - timedelta(days=2)),  # Friday
-    ({"cron": "0 0 1 * *"}, SUNDAY, datetime(2026, 11, 1, tzinfo=UTC)),
-])
-def test_previous_fire_is_the_latest_scheduled_time(table: dict[str, str], now: datetime,
-                                                     expected: datetime) -> None:
+@pytest.mark.parametrize(
+    ("table", "now", "expected"),
+    [
+        ({"every": "5m"}, SUNDAY + timedelta(minutes=7, seconds=3), SUNDAY + timedelta(minutes=5)),
+        ({"every": "5m"}, SUNDAY, SUNDAY),  # a tick due right now is the latest one
+        ({"every": "1h"}, SUNDAY - timedelta(seconds=1), SUNDAY - timedelta(hours=1)),
+        ({"cron": "30 2 * * *"}, SUNDAY, SUNDAY.replace(hour=2, minute=30)),
+        ({"cron": "0 9 * * 1-5"}, SUNDAY, SUNDAY.replace(hour=9) - timedelta(days=2)),  # Friday
+        ({"cron": "0 0 1 * *"}, SUNDAY, datetime(2026, 11, 1, tzinfo=UTC)),
+    ],
+)
+def test_previous_fire_is_the_latest_scheduled_time(
+    table: dict[str, str], now: datetime, expected: datetime
+) -> None:
     job = SerialOutboxSettings(**table)  # type: ignore[arg-type]
     assert previous_fire(job, SchedulerSettings(), now) == expected

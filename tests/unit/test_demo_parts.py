@@ -68,10 +68,14 @@ def test_planted_values_are_what_they_claim() -> None:
 def test_exempt_serials_differ_between_tenants_and_stay_exempt() -> None:
     exempt = compile_patterns(SerialConsistencySettings().exempt_patterns)
     made = {
-        code: [sg.temp_serial(code, "20251114", 1), sg.mo_serial(code, "2511", 42, 1),
-               sg.lot_serial(code, "20251114", "TOTE01", 3),
-               sg.legacy_serial(org.legacy_prefix, 2022, 5)]
-        for org in organizations(120) for code in [org.serial_code]
+        code: [
+            sg.temp_serial(code, "20251114", 1),
+            sg.mo_serial(code, "2511", 42, 1),
+            sg.lot_serial(code, "20251114", "TOTE01", 3),
+            sg.legacy_serial(org.legacy_prefix, 2022, 5),
+        ]
+        for org in organizations(120)
+        for code in [org.serial_code]
     }
     every = [serial for serials in made.values() for serial in serials]
     assert len(set(every)) == len(every)  # no two tenants share one (AT003 and AT004 included)

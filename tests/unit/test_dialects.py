@@ -37,9 +37,14 @@ def test_sqlite_files(tmp_path: Path) -> None:
     there.touch()
     assert sqlite_file(make_url(f"sqlite:///{there}")) == str(there)
     assert sqlite_file(make_url("sqlite:///demo-data/core.db")) == "demo-data/core.db"
-    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:x.db?uri=true",
-                "mysql+mysqldb://u@h/db"):
+    for url in (
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///file:x.db?uri=true",
+        "mysql+mysqldb://u@h/db",
+    ):
         assert sqlite_file(make_url(url)) is None, url
     assert missing_sqlite_file(make_url(f"sqlite:///{there}")) is None
     assert missing_sqlite_file(make_url(f"sqlite:///{tmp_path / 'gone.db'}")) == str(
-        tmp_path / "gone.db")
+        tmp_path / "gone.db"
+    )

@@ -59,15 +59,19 @@ def test_intervals_count_from_the_epoch(interval: str) -> None:
     assert next_runs["a"] == first + 3 * step
 
 
-@pytest.mark.parametrize(("late", "missed"), [
-    (timedelta(0), None),
-    (timedelta(seconds=59.9), None),
-    (GRACE, None),  # the grace itself is still in time
-    (GRACE + timedelta(microseconds=1), "fired 60.0s late"),
-    (timedelta(seconds=75), "fired 75.0s late"),
-])
-def test_a_firing_later_than_the_misfire_grace_is_missed(late: timedelta,
-                                                        missed: str | None) -> None:
+@pytest.mark.parametrize(
+    ("late", "missed"),
+    [
+        (timedelta(0), None),
+        (timedelta(seconds=59.9), None),
+        (GRACE, None),  # the grace itself is still in time
+        (GRACE + timedelta(microseconds=1), "fired 60.0s late"),
+        (timedelta(seconds=75), "fired 75.0s late"),
+    ],
+)
+def test_a_firing_later_than_the_misfire_grace_is_missed(
+    late: timedelta, missed: str | None
+) -> None:
     result = due({"a": every("5m")}, {"a": T}, T + late)
     assert result.firings == (Firing("a", T, missed),)
     assert result.next_runs == {"a": T + 5 * MINUTE}  # missed or not, the schedule goes on
@@ -108,9 +112,11 @@ def test_a_job_still_running_misses_its_firings(coalesce: bool, count: int) -> N
     now = T + 2 * MINUTE + timedelta(seconds=30)  # late, too: still running is the reason
     result = due(timings, {"a": T, "b": T + 2 * MINUTE}, now, running={"a"})
     assert [f for f in result.firings if f.name == "a"] == [
-        Firing("a", T + n * MINUTE, STILL_RUNNING) for n in range(3 - count, 3)]
+        Firing("a", T + n * MINUTE, STILL_RUNNING) for n in range(3 - count, 3)
+    ]
     assert [f for f in result.firings if f.name == "b"] == [
-        Firing("b", T + 2 * MINUTE, "fired 30.0s late")]  # another job is not held up
+        Firing("b", T + 2 * MINUTE, "fired 30.0s late")
+    ]  # another job is not held up
     assert result.next_runs == {"a": T + 3 * MINUTE, "b": T + 3 * MINUTE}
 
 

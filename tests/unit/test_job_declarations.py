@@ -79,11 +79,14 @@ def model_problems(specs: tuple[JobSpec[Any], ...]) -> list[str]:
         if field is None:
             continue
         if field.annotation is not spec.settings:
-            problems.append(f"JobsSettings.{spec.name} is {field.annotation}, the registry "
-                            f"declares {spec.settings.__name__}")
+            problems.append(
+                f"JobsSettings.{spec.name} is {field.annotation}, the registry "
+                f"declares {spec.settings.__name__}"
+            )
         elif type(defaults.get(spec.name)) is not spec.settings:
-            problems.append(f"JobsSettings.{spec.name} defaults to a "
-                            f"{type(defaults.get(spec.name)).__name__}")
+            problems.append(
+                f"JobsSettings.{spec.name} defaults to a {type(defaults.get(spec.name)).__name__}"
+            )
     return problems
 
 
@@ -125,8 +128,10 @@ def shipped_problems(specs: tuple[JobSpec[Any], ...], text: str) -> list[str]:
             continue
         missing = set(spec.settings.model_fields) - named_keys(lines)
         if missing:
-            problems.append(f"settings.toml: [jobs.{spec.name}] does not name "
-                            f"{', '.join(sorted(missing))} (set, or commented out)")
+            problems.append(
+                f"settings.toml: [jobs.{spec.name}] does not name "
+                f"{', '.join(sorted(missing))} (set, or commented out)"
+            )
     return problems
 
 
@@ -169,8 +174,10 @@ def readme_problems(specs: tuple[JobSpec[Any], ...], readme: str) -> list[str]:
         if row is None:
             problems.append(f"README: the alert table has no row for {event}")
         elif (row.group(1), row.group(2)) != (rule.level, rule.threshold):
-            problems.append(f"README: {event} is {row.group(1)} over {row.group(2)}, declared "
-                            f"{rule.level} over {rule.threshold}")
+            problems.append(
+                f"README: {event} is {row.group(1)} over {row.group(2)}, declared "
+                f"{rule.level} over {rule.threshold}"
+            )
     for spec in specs:
         if f"`{spec.name}`" not in readme:
             problems.append(f"README: job {spec.name} is not named")
@@ -182,8 +189,11 @@ def test_declarations_agree() -> None:
         *registry_problems(REGISTRY),
         *model_problems(REGISTRY),
         *shipped_problems(REGISTRY, SHIPPED.read_text()),
-        *prometheus_problems(REGISTRY, (PROMETHEUS / "bgworkers.rules.yml").read_text(),
-                             (PROMETHEUS / "bgworkers.rules.test.yml").read_text()),
+        *prometheus_problems(
+            REGISTRY,
+            (PROMETHEUS / "bgworkers.rules.yml").read_text(),
+            (PROMETHEUS / "bgworkers.rules.test.yml").read_text(),
+        ),
         *readme_problems(REGISTRY, README.read_text()),
     ]
     assert problems == [], "\n".join(problems)
@@ -193,6 +203,9 @@ def test_a_run_never_gets_another_jobs_table() -> None:
     """The spec hands a run its own table; a table of another type is refused, not run."""
     assert type(DASHBOARD_FAST.settings_in(Settings())) is DASHBOARD_FAST.settings
     misnamed = dataclasses.replace(DASHBOARD_FAST, name="serial_outbox")
-    with pytest.raises(TypeError, match=r"jobs\.serial_outbox is a SerialOutboxSettings, "
-                                        r"not a DashboardFastSettings"):
+    with pytest.raises(
+        TypeError,
+        match=r"jobs\.serial_outbox is a SerialOutboxSettings, "
+        r"not a DashboardFastSettings",
+    ):
         misnamed.settings_in(Settings())

@@ -367,7 +367,9 @@ def test_every_job_and_tenant_an_event_names_is_a_journal_field() -> None:
     # outside log_context, as the runner and daemon log them
     assert fields(event="tenant_refused", job="serial_outbox", tenant="bad-code") | {} == {
         **fields(event="tenant_refused", job="serial_outbox", tenant="bad-code"),
-        "JOB": "serial_outbox", "TENANT": "bad-code"}
+        "JOB": "serial_outbox",
+        "TENANT": "bad-code",
+    }
     summary = fields(event="job_run_summary", job="dashboard_fast", tenants=3)
     assert summary["JOB"] == "dashboard_fast" and "TENANT" not in summary  # a count
     assert summary["TENANTS"] == "3"
@@ -375,11 +377,17 @@ def test_every_job_and_tenant_an_event_names_is_a_journal_field() -> None:
     assert catch_up["TENANT"] == ["DEFAULT", "maison"]
     started = fields(event="daemon_started", jobs={"serial_outbox": "x", "heartbeat": "y"})
     assert started["JOB"] == ["serial_outbox", "heartbeat"]
-    reload = fields(event="reload_applied", add=["heartbeat"], remove=["dashboard_slow"],
-                    jobs={"heartbeat": "x"}, settings_changed=["logging"])
+    reload = fields(
+        event="reload_applied",
+        add=["heartbeat"],
+        remove=["dashboard_slow"],
+        jobs={"heartbeat": "x"},
+        settings_changed=["logging"],
+    )
     assert reload["JOB"] == ["heartbeat", "dashboard_slow"]
-    grace = fields(event="shutdown_grace_exceeded", interrupted=["serial_outbox/DEFAULT",
-                                                                 "heartbeat/DEFAULT"])
+    grace = fields(
+        event="shutdown_grace_exceeded", interrupted=["serial_outbox/DEFAULT", "heartbeat/DEFAULT"]
+    )
     assert (grace["JOB"], grace["TENANT"]) == (["serial_outbox", "heartbeat"], "DEFAULT")
     assert "JOB" not in fields(event="history_pruned", rows=3)
     payload = encode_journal({"JOB": ["a", "b"], "MESSAGE": "m"})
@@ -391,33 +399,48 @@ def test_every_job_and_tenant_an_event_names_is_a_journal_field() -> None:
 
 def test_console_lines_fit_the_terminal_with_the_important_fields_first() -> None:
     event = {
-        "timestamp": "2026-12-05T17:56:39.682484Z", "level": "warning",
-        "event": "job_tenant_result", "logger": "bgworkers.job", "job": "serial_consistency",
-        "tenant": "maison_atelier", "run_id": "586f0ef2-ab3d-4920-8c16-ee67b884d940",
-        "dry_run": False, "missing_tenant_links": 1, "bad_rows": 0, "quarantined": 12,
+        "timestamp": "2026-12-05T17:56:39.682484Z",
+        "level": "warning",
+        "event": "job_tenant_result",
+        "logger": "bgworkers.job",
+        "job": "serial_consistency",
+        "tenant": "maison_atelier",
+        "run_id": "586f0ef2-ab3d-4920-8c16-ee67b884d940",
+        "dry_run": False,
+        "missing_tenant_links": 1,
+        "bad_rows": 0,
+        "quarantined": 12,
         "quarantined_by_reason": {f"reason_{n}": n for n in range(20)},
-        "ms": 33, "status": "ok",
+        "ms": 33,
+        "status": "ok",
     }
     short = render_console(event, width=80)
     assert len(short) == 80 and short.endswith("…") and "\n" not in short
     line = render_console(event, width=160)
     assert len(line) <= 160
-    assert line.startswith("17:56:39 WARN  job_tenant_result serial_consistency/maison_atelier "
-                           "status=ok ms=33 missing_tenant_links=1 quarantined=12")
+    assert line.startswith(
+        "17:56:39 WARN  job_tenant_result serial_consistency/maison_atelier "
+        "status=ok ms=33 missing_tenant_links=1 quarantined=12"
+    )
     assert "run_id" not in line and "dry_run" not in line and "bad_rows" not in line
     colored = render_console(event, width=160, colors=True)
     assert re.sub("\x1b\\[[0-9;]*m", "", colored) == line
-    failed = render_console({
-        "timestamp": "2026-12-05T17:56:39Z", "level": "error", "event": "run_failed",
-        "job": "serial_outbox", "tenant": "DEFAULT",
-        "error": "OperationalError: (1146, \"Table 'x.flow_token' doesn't exist\")",
-        "exception": "Traceback (most recent call last):\n  ...\nsqlalchemy.exc...\n"
-                     "(Background on this error at: https://sqlalche.me/e/20/e3q8)"})
+    failed = render_console(
+        {
+            "timestamp": "2026-12-05T17:56:39Z",
+            "level": "error",
+            "event": "run_failed",
+            "job": "serial_outbox",
+            "tenant": "DEFAULT",
+            "error": "OperationalError: (1146, \"Table 'x.flow_token' doesn't exist\")",
+            "exception": "Traceback (most recent call last):\n  ...\nsqlalchemy.exc...\n"
+            "(Background on this error at: https://sqlalche.me/e/20/e3q8)",
+        }
+    )
     assert "1146" in failed and "Background" not in failed and "Traceback" not in failed
 
 
-def test_console_is_one_line_per_event_and_can_be_quieted(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_console_is_one_line_per_event_and_can_be_quieted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "72")
     stream = setup(fmt="console")
     log = get_logger("bgworkers.job")
@@ -457,5 +480,6 @@ def test_a_long_step_says_it_is_still_running_and_a_short_one_says_nothing() -> 
     lines = [e for e in logs if e["event"] == "step_still_running"]
     assert 2 <= len(lines) <= 4, lines
     assert {(e["job"], e["tenant"], e["table"]) for e in lines} == {
-        ("dashboard_medium", "DEFAULT", "t")}
+        ("dashboard_medium", "DEFAULT", "t")
+    }
     assert not [e for e in logs if e["event"] == "quick_step"]

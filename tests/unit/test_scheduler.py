@@ -25,8 +25,11 @@ WAIT = 5.0  # seconds: the longest anything here may take to happen
 def only(**heartbeat: Any) -> Settings:
     """Settings with the heartbeat job alone enabled."""
     jobs: dict[str, Any] = {spec.name: {"enabled": False} for spec in REGISTRY}
-    jobs["heartbeat"] = {"enabled": True, **({} if "cron" in heartbeat else {"every": "1m"}),
-                         **heartbeat}
+    jobs["heartbeat"] = {
+        "enabled": True,
+        **({} if "cron" in heartbeat else {"every": "1m"}),
+        **heartbeat,
+    }
     return Settings(jobs=jobs)
 
 
@@ -89,7 +92,8 @@ def settle(scheduler: Scheduler) -> None:
 
 
 def test_ticks_fire_on_the_clock_with_their_scheduled_time(
-        scheduler: Scheduler, calls: Calls, clock: FixedClock) -> None:
+    scheduler: Scheduler, calls: Calls, clock: FixedClock
+) -> None:
     settings = only()
     scheduler.apply(settings)
     assert scheduler.next_fire_times() == {"heartbeat": None}  # not started
@@ -106,8 +110,7 @@ def test_ticks_fire_on_the_clock_with_their_scheduled_time(
     assert scheduler.next_fire_times() == {"heartbeat": T + 2 * MINUTE}
 
 
-def test_one_tick_in_flight_per_job(scheduler: Scheduler, calls: Calls,
-                                    clock: FixedClock) -> None:
+def test_one_tick_in_flight_per_job(scheduler: Scheduler, calls: Calls, clock: FixedClock) -> None:
     settings = only()
     scheduler.apply(settings)
     scheduler.start()
@@ -128,7 +131,8 @@ def test_one_tick_in_flight_per_job(scheduler: Scheduler, calls: Calls,
 
 
 def test_a_late_firing_is_missed_and_a_tick_that_waited_past_its_grace_too(
-        scheduler: Scheduler, calls: Calls, clock: FixedClock) -> None:
+    scheduler: Scheduler, calls: Calls, clock: FixedClock
+) -> None:
     settings = only(misfire_grace="2m", coalesce=False)
     scheduler.apply(settings)
     scheduler.start()
@@ -139,8 +143,9 @@ def test_a_late_firing_is_missed_and_a_tick_that_waited_past_its_grace_too(
     assert calls.ticks.get(timeout=WAIT) == ("heartbeat", T + 3 * MINUTE)
     settle(scheduler)
     # Two firings due, both within the grace; the first takes three minutes.
-    calls.during_tick = lambda run_time: setattr(clock, "at", clock.at + 3 * MINUTE) if (
-        run_time == T + 4 * MINUTE) else None
+    calls.during_tick = lambda run_time: (
+        setattr(clock, "at", clock.at + 3 * MINUTE) if (run_time == T + 4 * MINUTE) else None
+    )
     move(scheduler, clock, settings, T + 5 * MINUTE + timedelta(seconds=1))
     assert calls.ticks.get(timeout=WAIT) == ("heartbeat", T + 4 * MINUTE)
     # (the thread may see the moved clock, too: later firings, still running, may come)
@@ -150,7 +155,8 @@ def test_a_late_firing_is_missed_and_a_tick_that_waited_past_its_grace_too(
 
 
 def test_a_failing_tick_keeps_neither_the_next_firing_nor_the_job_from_running(
-        scheduler: Scheduler, calls: Calls, clock: FixedClock) -> None:
+    scheduler: Scheduler, calls: Calls, clock: FixedClock
+) -> None:
     settings = only(coalesce=False)
     scheduler.apply(settings)
     scheduler.start()
@@ -195,7 +201,8 @@ def test_reload_in_place(scheduler: Scheduler, clock: FixedClock) -> None:
 
 
 def test_a_modified_grace_applies_to_the_next_firing(
-        scheduler: Scheduler, calls: Calls, clock: FixedClock) -> None:
+    scheduler: Scheduler, calls: Calls, clock: FixedClock
+) -> None:
     scheduler.apply(only())
     scheduler.start()
     strict = only(misfire_grace="10s")
@@ -215,8 +222,7 @@ def test_the_daemons_own_calls(scheduler: Scheduler, clock: FixedClock) -> None:
     scheduler.apply(only())
     start = clock.at
     scheduler.start()
-    assert {ran.get(timeout=WAIT), ran.get(timeout=WAIT)} == {("once", start),
-                                                              ("hourly", start)}
+    assert {ran.get(timeout=WAIT), ran.get(timeout=WAIT)} == {("once", start), ("hourly", start)}
     settle(scheduler)
     assert scheduler.next_fire_times() == {"heartbeat": T}  # the calls are not jobs
     move(scheduler, clock, only(), start + timedelta(hours=5))  # late: runs, once

@@ -29,31 +29,34 @@ SALT = "0123456789abcdef" * 4
 GOOD_SIGNATURE = "15b730d201d345f39d79170bce43460de001ea463ff33caf58e5e67a1d498c21"
 
 
-@pytest.mark.parametrize(("serial", "kind"), [
-    (GOOD, Kind.STANDARD),
-    (GOOD2, Kind.STANDARD),
-    (DOC_EXAMPLE, Kind.CHECKSUM_FAIL),
-    (DOC_EXAMPLE[:-1] + "N", Kind.STANDARD),
-    ("TEMP-20251114-0001", Kind.EXEMPT),
-    ("BLV-2019-00A1Z9", Kind.EXEMPT),  # legacy PREFIX-YYYY-XXXXXX
-    ("MO-2511-00042-01", Kind.EXEMPT),
-    ("LOT-20251114-TOTE01-003", Kind.EXEMPT),
-    (f"{GOOD}-STRAP", Kind.COMPONENT),
-    (f"{GOOD}-BODY-2", Kind.COMPONENT),
-    (f"{DOC_EXAMPLE}-STRAP", Kind.INVALID_FORMAT),  # parent fails its checksum
-    (f"{GOOD}-STRAP-2-3", Kind.INVALID_FORMAT),
-    (f"{GOOD}-2", Kind.INVALID_FORMAT),  # a part starts with a letter
-    (f"{GOOD}-strap", Kind.INVALID_FORMAT),
-    (GOOD.lower(), Kind.INVALID_FORMAT),
-    (GOOD[:-2], Kind.INVALID_FORMAT),  # check character missing
-    (GOOD.replace("-", "_"), Kind.INVALID_FORMAT),
-    ("MAIS-HAT-TESTP822-20251131-00123-1YLJ-2", Kind.INVALID_FORMAT),  # 31 November
-    ("MAIS-HAT-TESTP822-٢٠٢٥١١١٤-00123-1YLJ-2", Kind.INVALID_FORMAT),  # Arabic-Indic digits
-    (GOOD + "\n", Kind.INVALID_FORMAT),
-    (" " + GOOD, Kind.INVALID_FORMAT),
-    ("", Kind.INVALID_FORMAT),
-    ("\x00", Kind.INVALID_FORMAT),
-])
+@pytest.mark.parametrize(
+    ("serial", "kind"),
+    [
+        (GOOD, Kind.STANDARD),
+        (GOOD2, Kind.STANDARD),
+        (DOC_EXAMPLE, Kind.CHECKSUM_FAIL),
+        (DOC_EXAMPLE[:-1] + "N", Kind.STANDARD),
+        ("TEMP-20251114-0001", Kind.EXEMPT),
+        ("BLV-2019-00A1Z9", Kind.EXEMPT),  # legacy PREFIX-YYYY-XXXXXX
+        ("MO-2511-00042-01", Kind.EXEMPT),
+        ("LOT-20251114-TOTE01-003", Kind.EXEMPT),
+        (f"{GOOD}-STRAP", Kind.COMPONENT),
+        (f"{GOOD}-BODY-2", Kind.COMPONENT),
+        (f"{DOC_EXAMPLE}-STRAP", Kind.INVALID_FORMAT),  # parent fails its checksum
+        (f"{GOOD}-STRAP-2-3", Kind.INVALID_FORMAT),
+        (f"{GOOD}-2", Kind.INVALID_FORMAT),  # a part starts with a letter
+        (f"{GOOD}-strap", Kind.INVALID_FORMAT),
+        (GOOD.lower(), Kind.INVALID_FORMAT),
+        (GOOD[:-2], Kind.INVALID_FORMAT),  # check character missing
+        (GOOD.replace("-", "_"), Kind.INVALID_FORMAT),
+        ("MAIS-HAT-TESTP822-20251131-00123-1YLJ-2", Kind.INVALID_FORMAT),  # 31 November
+        ("MAIS-HAT-TESTP822-٢٠٢٥١١١٤-00123-1YLJ-2", Kind.INVALID_FORMAT),  # Arabic-Indic digits
+        (GOOD + "\n", Kind.INVALID_FORMAT),
+        (" " + GOOD, Kind.INVALID_FORMAT),
+        ("", Kind.INVALID_FORMAT),
+        ("\x00", Kind.INVALID_FORMAT),
+    ],
+)
 def test_classify_examples(serial: str, kind: Kind) -> None:
     assert classify(serial, EXEMPT) is kind
 

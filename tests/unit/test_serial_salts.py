@@ -53,7 +53,8 @@ def test_salts_from_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "serial_salts").write_text(
-        f"# salts of the serial registry\nhatthasilpa:1={SALT_A}\n\n  oem:3 = {SALT_B}  \n")
+        f"# salts of the serial registry\nhatthasilpa:1={SALT_A}\n\n  oem:3 = {SALT_B}  \n"
+    )
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     settings = load(tmp_path)
     job = settings.jobs.serial_consistency
@@ -71,16 +72,20 @@ def test_credential_name_is_a_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert job.jobs.serial_consistency.salt("hatthasilpa", 7) == SALT_A
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("hatthasilpa:1=SECRETVALUE", "line 1: the salt must be 64 hexadecimal digits"),
-    (f"hatthasilpa:1={SALT_A}X", "line 1: the salt must be 64 hexadecimal digits"),
-    ("SECRETVALUE", "line 1: expected <production_type>:<version>=<64 hex>"),
-    (f"hybrid:1={SALT_A}", "line 1: key must be <production_type>:<version>"),
-    (f"hatthasilpa:01={SALT_A}", "line 1: key must be <production_type>:<version>"),
-    (f"oem:1={SALT_A}\noem:1={SALT_B}", "line 2: oem:1 is given twice"),
-])
-def test_bad_credential_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str,
-                              expected: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("hatthasilpa:1=SECRETVALUE", "line 1: the salt must be 64 hexadecimal digits"),
+        (f"hatthasilpa:1={SALT_A}X", "line 1: the salt must be 64 hexadecimal digits"),
+        ("SECRETVALUE", "line 1: expected <production_type>:<version>=<64 hex>"),
+        (f"hybrid:1={SALT_A}", "line 1: key must be <production_type>:<version>"),
+        (f"hatthasilpa:01={SALT_A}", "line 1: key must be <production_type>:<version>"),
+        (f"oem:1={SALT_A}\noem:1={SALT_B}", "line 2: oem:1 is given twice"),
+    ],
+)
+def test_bad_credential_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, expected: str
+) -> None:
     (tmp_path / "serial_salts").write_text(line + "\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     message = problems(tmp_path)
@@ -88,14 +93,18 @@ def test_bad_credential_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, l
     assert "SECRETVALUE" not in message and SALT_A not in message and SALT_B not in message
 
 
-@pytest.mark.parametrize("value", [
-    {"hatthasilpa:1": "SECRETVALUE"},
-    {"hatthasilpa:1": SALT_A + "00"},
-    {"hatthasilpa": SALT_A},
-    {"hatthasilpa:1": 12345},
-])
-def test_bad_salts_in_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  value: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"hatthasilpa:1": "SECRETVALUE"},
+        {"hatthasilpa:1": SALT_A + "00"},
+        {"hatthasilpa": SALT_A},
+        {"hatthasilpa:1": 12345},
+    ],
+)
+def test_bad_salts_in_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: dict[str, object]
+) -> None:
     monkeypatch.setenv(ENV, json.dumps(value))
     message = problems(tmp_path)
     assert "jobs.serial_consistency.salts" in message and ENV in message

@@ -15,10 +15,13 @@ from bgworkers.jobs.serials.format import (
 )
 
 
-@pytest.mark.parametrize("serial", [
-    "MAIS-HAT-TESTP822-20251114-00123-1YLJ-2",
-    "MAIS-HAT-TESTP822-20260111-00009-2QLM-Y",
-])
+@pytest.mark.parametrize(
+    "serial",
+    [
+        "MAIS-HAT-TESTP822-20251114-00123-1YLJ-2",
+        "MAIS-HAT-TESTP822-20260111-00009-2QLM-Y",
+    ],
+)
 def test_spec_vectors_are_valid(serial: str) -> None:
     parsed = parse_standard(serial)
     assert parsed is not None and parsed.checksum_ok
@@ -31,13 +34,16 @@ def test_erp_doc_example_has_a_wrong_checksum() -> None:
     assert checksum(serial[:-2]) == "N"
 
 
-@pytest.mark.parametrize("serial", [
-    "MAIS-HAT-TESTP822-20251131-00123-1YLJ-2",  # 31 November
-    "mais-HAT-TESTP822-20251114-00123-1YLJ-2",
-    "MAIS-HAT-TESTP822-20251114-0123-1YLJ-2",
-    "TEMP-20251114-0001",
-    "",
-])
+@pytest.mark.parametrize(
+    "serial",
+    [
+        "MAIS-HAT-TESTP822-20251131-00123-1YLJ-2",  # 31 November
+        "mais-HAT-TESTP822-20251114-00123-1YLJ-2",
+        "MAIS-HAT-TESTP822-20251114-0123-1YLJ-2",
+        "TEMP-20251114-0001",
+        "",
+    ],
+)
 def test_non_standard(serial: str) -> None:
     assert parse_standard(serial) is None
 

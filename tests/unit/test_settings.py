@@ -31,68 +31,136 @@ def problems(tmp_path: Path, text: str) -> str:
 # (id, TOML text, expected "key: problem" fragment; the file name is checked separately)
 MALFORMED = [
     ("unknown top-level key", "colour = 'red'", "colour: unknown key"),
-    ("unknown nested key", "[database]\ncore_urll = 'sqlite:///x.db'",
-     "database.core_urll: unknown key"),
+    (
+        "unknown nested key",
+        "[database]\ncore_urll = 'sqlite:///x.db'",
+        "database.core_urll: unknown key",
+    ),
     ("unknown job", "[jobs.nightly_report]\nevery = '1h'", "jobs.nightly_report: unknown key"),
-    ("bad duration", "[jobs.serial_outbox]\nevery = '5x'",
-     "jobs.serial_outbox.every: invalid duration '5x'"),
-    ("zero interval", "[jobs.serial_outbox]\nevery = '0s'",
-     "jobs.serial_outbox.every: must be longer than 0"),
-    ("every and cron", "[jobs.serial_outbox]\nevery = '5m'\ncron = '*/5 * * * *'",
-     "jobs.serial_outbox: set either 'every' or 'cron', not both"),
-    ("bad cron field", "[jobs.serial_consistency]\ncron = '61 * * * *'",
-     "jobs.serial_consistency.cron: invalid cron expression '61 * * * *'"),
-    ("cron with 3 fields", "[jobs.serial_consistency]\ncron = '0 * *'",
-     "jobs.serial_consistency.cron: invalid cron expression '0 * *': expected 5 fields"),
-    ("cron bad weekday", "[jobs.serial_consistency]\ncron = '0 3 * * 8'",
-     "bad day of week '8'"),
-    ("bad URL", "[database]\ncore_url = 'db1.internal/bgerp'",
-     "database.core_url: not a database URL"),
-    ("unknown driver", "[database]\ncore_url = 'mysql+nosuchdriver://u@h/bgerp'",
-     "database.core_url: unknown database driver 'mysql+nosuchdriver'"),
-    ("tenant URL without placeholder", "[database]\ntenant_url = 'sqlite:///one.db'",
-     "database.tenant_url: must contain {code} or {code_lower}"),
-    ("tenant URL unknown placeholder", "[database]\ntenant_url = 'sqlite:///t_{tenant}.db'",
-     "database.tenant_url: unknown placeholder {tenant}"),
-    ("negative pool size", "[database]\npool_size = -1",
-     "database.pool_size: Input should be greater than 0 (got -1)"),
-    ("zero batch size", "[jobs.serial_outbox]\nbatch_size = 0",
-     "jobs.serial_outbox.batch_size: Input should be greater than 0 (got 0)"),
-    ("negative duration", "[scheduler]\nlease_ttl = -5",
-     "scheduler.lease_ttl: invalid duration -5: must not be negative"),
-    ("wrong type", "[scheduler]\nmax_workers = 'many'",
-     "scheduler.max_workers: Input should be a valid integer"),
-    ("unknown dashboard table",
-     "[jobs.dashboard_fast]\ntables = ['mv_token_flow', 'mv_team_workload']",
-     "jobs.dashboard_fast.tables: unknown table 'mv_token_flow'"),
-    ("table in two tiers",
-     "[jobs.dashboard_slow]\ntables = ['mv_dashboard_trends', 'mv_team_workload']",
-     "jobs: table 'mv_team_workload' is in both jobs.dashboard_fast and jobs.dashboard_slow"),
-    ("bad tenant code in include", "[tenants]\ninclude = ['DEFAULT', 'maison-atelier']",
-     "tenants.include.1: tenant code 'maison-atelier' refused: must match"),
-    ("bad tenant code as URL key", "[tenants.urls]\n'a b' = 'sqlite:///ab.db'",
-     "tenants.urls.a b.[key]: tenant code 'a b' refused: must match"),
-    ("missing secret file", "[database]\npassword_file = '/nonexistent/db_password'",
-     "database: password_file: cannot read '/nonexistent/db_password': No such file"),
-    ("unknown time zone", "[erp]\ntimezone = 'Asia/Atlantis'",
-     "erp.timezone: unknown time zone 'Asia/Atlantis'"),
-    ("unknown token status", "[erp]\nlive_token_statuses = ['ready', 'sleeping']",
-     "erp.live_token_statuses.1: Input should be"),
+    (
+        "bad duration",
+        "[jobs.serial_outbox]\nevery = '5x'",
+        "jobs.serial_outbox.every: invalid duration '5x'",
+    ),
+    (
+        "zero interval",
+        "[jobs.serial_outbox]\nevery = '0s'",
+        "jobs.serial_outbox.every: must be longer than 0",
+    ),
+    (
+        "every and cron",
+        "[jobs.serial_outbox]\nevery = '5m'\ncron = '*/5 * * * *'",
+        "jobs.serial_outbox: set either 'every' or 'cron', not both",
+    ),
+    (
+        "bad cron field",
+        "[jobs.serial_consistency]\ncron = '61 * * * *'",
+        "jobs.serial_consistency.cron: invalid cron expression '61 * * * *'",
+    ),
+    (
+        "cron with 3 fields",
+        "[jobs.serial_consistency]\ncron = '0 * *'",
+        "jobs.serial_consistency.cron: invalid cron expression '0 * *': expected 5 fields",
+    ),
+    ("cron bad weekday", "[jobs.serial_consistency]\ncron = '0 3 * * 8'", "bad day of week '8'"),
+    (
+        "bad URL",
+        "[database]\ncore_url = 'db1.internal/bgerp'",
+        "database.core_url: not a database URL",
+    ),
+    (
+        "unknown driver",
+        "[database]\ncore_url = 'mysql+nosuchdriver://u@h/bgerp'",
+        "database.core_url: unknown database driver 'mysql+nosuchdriver'",
+    ),
+    (
+        "tenant URL without placeholder",
+        "[database]\ntenant_url = 'sqlite:///one.db'",
+        "database.tenant_url: must contain {code} or {code_lower}",
+    ),
+    (
+        "tenant URL unknown placeholder",
+        "[database]\ntenant_url = 'sqlite:///t_{tenant}.db'",
+        "database.tenant_url: unknown placeholder {tenant}",
+    ),
+    (
+        "negative pool size",
+        "[database]\npool_size = -1",
+        "database.pool_size: Input should be greater than 0 (got -1)",
+    ),
+    (
+        "zero batch size",
+        "[jobs.serial_outbox]\nbatch_size = 0",
+        "jobs.serial_outbox.batch_size: Input should be greater than 0 (got 0)",
+    ),
+    (
+        "negative duration",
+        "[scheduler]\nlease_ttl = -5",
+        "scheduler.lease_ttl: invalid duration -5: must not be negative",
+    ),
+    (
+        "wrong type",
+        "[scheduler]\nmax_workers = 'many'",
+        "scheduler.max_workers: Input should be a valid integer",
+    ),
+    (
+        "unknown dashboard table",
+        "[jobs.dashboard_fast]\ntables = ['mv_token_flow', 'mv_team_workload']",
+        "jobs.dashboard_fast.tables: unknown table 'mv_token_flow'",
+    ),
+    (
+        "table in two tiers",
+        "[jobs.dashboard_slow]\ntables = ['mv_dashboard_trends', 'mv_team_workload']",
+        "jobs: table 'mv_team_workload' is in both jobs.dashboard_fast and jobs.dashboard_slow",
+    ),
+    (
+        "bad tenant code in include",
+        "[tenants]\ninclude = ['DEFAULT', 'maison-atelier']",
+        "tenants.include.1: tenant code 'maison-atelier' refused: must match",
+    ),
+    (
+        "bad tenant code as URL key",
+        "[tenants.urls]\n'a b' = 'sqlite:///ab.db'",
+        "tenants.urls.a b.[key]: tenant code 'a b' refused: must match",
+    ),
+    (
+        "missing secret file",
+        "[database]\npassword_file = '/nonexistent/db_password'",
+        "database: password_file: cannot read '/nonexistent/db_password': No such file",
+    ),
+    (
+        "unknown time zone",
+        "[erp]\ntimezone = 'Asia/Atlantis'",
+        "erp.timezone: unknown time zone 'Asia/Atlantis'",
+    ),
+    (
+        "unknown token status",
+        "[erp]\nlive_token_statuses = ['ready', 'sleeping']",
+        "erp.live_token_statuses.1: Input should be",
+    ),
     ("bad log level", "[logging]\nlevel = 'verbose'", "logging.level: Input should be"),
-    ("bad exempt regex", "[jobs.serial_consistency]\nexempt_patterns = ['^TEMP-(']",
-     "jobs.serial_consistency.exempt_patterns.0: invalid regular expression '^TEMP-('"),
-    ("jitter fraction out of range", "[jobs.serial_outbox]\nbackoff_jitter = 1.5",
-     "jobs.serial_outbox.backoff_jitter: Input should be less than 1"),
+    (
+        "bad exempt regex",
+        "[jobs.serial_consistency]\nexempt_patterns = ['^TEMP-(']",
+        "jobs.serial_consistency.exempt_patterns.0: invalid regular expression '^TEMP-('",
+    ),
+    (
+        "jitter fraction out of range",
+        "[jobs.serial_outbox]\nbackoff_jitter = 1.5",
+        "jobs.serial_outbox.backoff_jitter: Input should be less than 1",
+    ),
     ("empty backoff", "[jobs.serial_outbox]\nbackoff = []", "jobs.serial_outbox.backoff:"),
     ("section is not a table", "database = 'sqlite:///x.db'", "database: Input should be"),
     ("invalid TOML", "[database\ncore_url = 1", "invalid TOML: "),
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in MALFORMED],
-                         ids=[c[0] for c in MALFORMED])
-def test_malformed_settings_name_file_key_and_problem(tmp_path: Path, text: str,
-                                                      expected: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
+def test_malformed_settings_name_file_key_and_problem(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     message = problems(tmp_path, text)
     assert expected in message
     for line in message.splitlines():
@@ -110,7 +178,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_file_and_is_named_in_errors(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(tmp_path, "[database]\ncore_url = 'sqlite:///file.db'\npool_size = 3\n")
     monkeypatch.setenv("BGWORKERS_DATABASE__CORE_URL", "sqlite:///env.db")
     monkeypatch.setenv("BGWORKERS_JOBS__SERIAL_OUTBOX__EVERY", "2m")
@@ -155,10 +224,19 @@ def test_cron_replaces_default_interval(tmp_path: Path) -> None:
     assert settings.jobs.serial_consistency.every is None
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800), ("250ms", 0.25), (45, 45),
-    ("2w", 1209600), (" 1h 5m ", 3900),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("7d", 604800),
+        ("250ms", 0.25),
+        (45, 45),
+        ("2w", 1209600),
+        (" 1h 5m ", 3900),
+    ],
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
@@ -176,29 +254,35 @@ PASSWORD = "Tr0ub4dor&3-known-secret"
 
 def test_password_from_file_fills_urls_without_password(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(PASSWORD + "\n")
-    settings = load_settings(write(tmp_path, f"""
+    settings = load_settings(
+        write(
+            tmp_path,
+            f"""
 [database]
 core_url = "mysql+mysqldb://bgworkers@db1/bgerp"
-password_file = "{tmp_path / 'pw'}"
-"""))
+password_file = "{tmp_path / "pw"}"
+""",
+        )
+    )
     url = settings.database.url(settings.database.core_url)
     assert url.password == PASSWORD
     assert PASSWORD in settings.secret_values()
 
 
-def test_password_from_systemd_credentials(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_from_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "db_password").write_text(PASSWORD)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    settings = load_settings(write(tmp_path, "[database]\n"
-                                             "core_url = 'mysql+mysqldb://bgw@db1/bgerp'\n"))
+    settings = load_settings(
+        write(tmp_path, "[database]\ncore_url = 'mysql+mysqldb://bgw@db1/bgerp'\n")
+    )
     assert settings.database.url(settings.database.core_url).password == PASSWORD
 
 
-def test_blank_credential_means_no_password(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blank_credential_means_no_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "db_password").write_text(" ")  # the unit's SetCredential= fallback
@@ -207,8 +291,9 @@ def test_blank_credential_means_no_password(tmp_path: Path,
     assert settings.database.password is None
 
 
-def test_explicit_password_wins_over_credentials(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_password_wins_over_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "db_password").write_text("from-credentials")
@@ -220,13 +305,16 @@ def test_explicit_password_wins_over_credentials(tmp_path: Path,
 
 
 def test_check_config_masks_every_secret(tmp_path: Path) -> None:
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
 [database]
 core_url = "mysql+mysqldb://bgworkers:{PASSWORD}@db1/bgerp"
 password = "{PASSWORD}"
 [tenants.urls]
 maison_atelier = "mysql+mysqldb://other:{PASSWORD}@db3/bgerp_t_maison_atelier"
-""")
+""",
+    )
     result = bgworkers("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert PASSWORD not in result.stdout + result.stderr
@@ -234,18 +322,23 @@ maison_atelier = "mysql+mysqldb://other:{PASSWORD}@db3/bgerp_t_maison_atelier"
 
 
 def test_bad_settings_exit_2_without_traceback_or_secret(tmp_path: Path) -> None:
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
 [database]
 core_url = "mysql+mysqldb://bgworkers:{PASSWORD}@db1/bgerp"
 password = "{PASSWORD}"
 pool_size = -1
-""")
-    result = bgworkers("check-config", "--config", str(path),
-                  env={"BGWORKERS_DATABASE__PASSWORD": PASSWORD + "x"})
+""",
+    )
+    result = bgworkers(
+        "check-config", "--config", str(path), env={"BGWORKERS_DATABASE__PASSWORD": PASSWORD + "x"}
+    )
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.strip() == (f"{path}: database.pool_size: Input should be greater "
-                                     "than 0 (got -1)")
+    assert result.stderr.strip() == (
+        f"{path}: database.pool_size: Input should be greater than 0 (got -1)"
+    )
     assert "Traceback" not in result.stderr and PASSWORD not in result.stderr
 
 
@@ -257,12 +350,16 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 
 
 def test_relative_sqlite_paths_follow_the_settings_file_not_the_working_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
-    path = write(etc, "[database]\ncore_url = 'sqlite:///data/core.db'\n"
-                      "tenant_url = 'sqlite:///data/t_{code_lower}.db'\n"
-                      "coordination_url = 'sqlite:////abs/coord.db'\n")
+    path = write(
+        etc,
+        "[database]\ncore_url = 'sqlite:///data/core.db'\n"
+        "tenant_url = 'sqlite:///data/t_{code_lower}.db'\n"
+        "coordination_url = 'sqlite:////abs/coord.db'\n",
+    )
     monkeypatch.chdir(tmp_path)  # elsewhere: the same files
     settings = load_settings(Path("etc") / path.name)
     db = settings.database

@@ -91,8 +91,15 @@ def _now(build: Callable[[Moment], list[Insert]]) -> Build:
     return statements
 
 
-_NOW_READS = (tenant.flow_token, tenant.job_graph_instance, tenant.token_assignment,
-              tenant.team_member, tenant.routing_node, tenant.team, tenant.token_event)
+_NOW_READS = (
+    tenant.flow_token,
+    tenant.job_graph_instance,
+    tenant.token_assignment,
+    tenant.team_member,
+    tenant.routing_node,
+    tenant.team,
+    tenant.token_event,
+)
 
 TABLES: dict[str, SummaryTable] = {
     "mv_token_flow_summary": SummaryTable(
@@ -121,7 +128,9 @@ TABLES: dict[str, SummaryTable] = {
         reads=(tenant.token_event, tenant.team_member, tenant.node_visit),
     ),
     "mv_dashboard_trends": SummaryTable(
-        tenant.mv_dashboard_trends, trends.dashboard_trends, trends.trends_expired,
+        tenant.mv_dashboard_trends,
+        trends.dashboard_trends,
+        trends.trends_expired,
         reads=(tenant.flow_token, tenant.job_graph_instance, tenant.routing_graph),
     ),
 }
@@ -186,8 +195,9 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def refresh(ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Moment,
-            batch: int) -> tuple[int, int]:
+def refresh(
+    ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Moment, batch: int
+) -> tuple[int, int]:
     """One table for one tenant, in a `session`: (rows written, rows deleted).  Dry run:
     what it would be."""
     if ctx.dry_run:
@@ -196,8 +206,7 @@ def refresh(ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Mome
     if spec.prepare is not None:
         # the first cycle-time refresh records a week of visits: tens of seconds
         log = ctx.log.bind(job=ctx.job, tenant=ctx.tenant.code)
-        with still_running(log, "dashboard_table_preparing", table=spec.table.name), \
-                conn.begin():
+        with still_running(log, "dashboard_table_preparing", table=spec.table.name), conn.begin():
             spec.prepare(m, conn)
         ctx.check_lease()
     with conn.begin():
@@ -209,8 +218,9 @@ def refresh(ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Mome
     return written, replaced + purge(ctx, conn, spec, m, batch)
 
 
-def purge(ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Moment,
-          batch: int) -> int:
+def purge(
+    ctx: JobContext[Tier], conn: Connection, spec: SummaryTable, m: Moment, batch: int
+) -> int:
     """Delete expired rows, at most `batch` per statement and transaction."""
     table, expired = spec.table, spec.expired(m)
     # MySQL refuses LIMIT directly in an IN subquery and a subquery on the table being

@@ -65,8 +65,11 @@ class Moment:
         like inserted rows).  A statement built with one moment runs for another with
         that one's `params()`."""
         seconds = int(shift.total_seconds())
-        name = f"snapshot_at_{'minus' if seconds < 0 else 'plus'}_{abs(seconds)}s" if seconds \
+        name = (
+            f"snapshot_at_{'minus' if seconds < 0 else 'plus'}_{abs(seconds)}s"
+            if seconds
             else "snapshot_at"
+        )
         self.shifts[name] = shift
         return bindparam(name, self.snapshot_at + shift, DateTime())
 

@@ -73,8 +73,15 @@ from bgworkers.jobs.outbox.store import (
 from bgworkers.jobs.serials.format import shown
 from bgworkers.settings import SerialOutboxSettings
 
-COUNTERS = ("pending_found", "retried", "succeeded", "failed_retry", "marked_dead", "bad_rows",
-            "errors")
+COUNTERS = (
+    "pending_found",
+    "retried",
+    "succeeded",
+    "failed_retry",
+    "marked_dead",
+    "bad_rows",
+    "errors",
+)
 FAULT_ENV = "BGWORKERS_FAULT"
 FAULT_AFTER_CORE_LINK = "outbox_after_core_link"
 DEAD_EVENT_SAMPLE = 20  # rows named in the `outbox_rows_dead` event
@@ -209,8 +216,9 @@ def run(ctx: JobContext[SerialOutboxSettings]) -> Counters:
     return counters
 
 
-def _preview(ctx: JobContext[SerialOutboxSettings], cfg: SerialOutboxSettings,
-             now: datetime) -> Counters:
+def _preview(
+    ctx: JobContext[SerialOutboxSettings], cfg: SerialOutboxSettings, now: datetime
+) -> Counters:
     """Dry run: what a run would do now, from plain reads; nothing is claimed or written."""
     counters = dict.fromkeys(COUNTERS, 0)
     with ctx.db.connect() as conn:
@@ -234,12 +242,19 @@ def _preview(ctx: JobContext[SerialOutboxSettings], cfg: SerialOutboxSettings,
 
 def _log_bad(ctx: JobContext[SerialOutboxSettings], result: Plan, dry_run: bool) -> None:
     for item, problem in result.bad[:BAD_ROWS_NAMED]:
-        ctx.log.warning("bad_row", table="serial_link_outbox", id=item.id, problem=problem,
-                        value=shown(item.serial), skipped="the link (row marked dead)",
-                        dry_run=dry_run)
+        ctx.log.warning(
+            "bad_row",
+            table="serial_link_outbox",
+            id=item.id,
+            problem=problem,
+            value=shown(item.serial),
+            skipped="the link (row marked dead)",
+            dry_run=dry_run,
+        )
     if len(result.bad) > BAD_ROWS_NAMED:
-        ctx.log.warning("bad_rows_not_named", named=BAD_ROWS_NAMED,
-                        count=len(result.bad) - BAD_ROWS_NAMED)
+        ctx.log.warning(
+            "bad_rows_not_named", named=BAD_ROWS_NAMED, count=len(result.bad) - BAD_ROWS_NAMED
+        )
 
 
 def _log_dead(ctx: JobContext[SerialOutboxSettings], items: Sequence[Item], result: Plan) -> None:
@@ -253,8 +268,7 @@ def _log_dead(ctx: JobContext[SerialOutboxSettings], items: Sequence[Item], resu
             "outbox_rows_dead",
             count=len(dead),
             rows=[
-                {"id": item.id, "serial": shown(item.serial), "token": item.token,
-                 "reason": reason}
+                {"id": item.id, "serial": shown(item.serial), "token": item.token, "reason": reason}
                 for item, reason in dead[:DEAD_EVENT_SAMPLE]
             ],
         )
@@ -264,5 +278,3 @@ def fault_point(name: str) -> None:
     """Test-only crash hook: SIGKILL this process when BGWORKERS_FAULT names this point."""
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-

@@ -218,8 +218,11 @@ def _core_error(exc: OperationalError) -> CoreUnavailable:
 
 
 def _bind_links(conn: Connection, tokens: Mapping[str, int]) -> dict[str, str]:
-    unsafe = [] if "".join(tokens).isprintable() else [
-        serial for serial in tokens if key_problem(serial) is not None]
+    unsafe = (
+        []
+        if "".join(tokens).isprintable()
+        else [serial for serial in tokens if key_problem(serial) is not None]
+    )
     if unsafe:  # `linkable` keeps them out; a JSON function could change them on the way
         raise ValueError(f"{len(unsafe)} serial(s) with control characters sent to the registry")
     # ascending serials: concurrent workers lock shared registry rows in one order

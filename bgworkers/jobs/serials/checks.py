@@ -53,7 +53,10 @@ IN_LIST_MAX = 1000
 
 jts, flow_token, job_ticket = tenant.job_ticket_serial, tenant.flow_token, tenant.job_ticket
 quarantine_t, outbox_t, registry_t = (
-    tenant.serial_quarantine, tenant.serial_link_outbox, core.serial_registry)
+    tenant.serial_quarantine,
+    tenant.serial_link_outbox,
+    core.serial_registry,
+)
 
 
 T = TypeVar("T")
@@ -71,8 +74,9 @@ def in_groups(values: Iterable[T], size: int = IN_LIST_MAX) -> Iterator[list[T]]
         yield group
 
 
-def same_text(dialect: Dialect, a: ColumnElement[Any],
-              b: ColumnElement[Any]) -> ColumnElement[bool]:
+def same_text(
+    dialect: Dialect, a: ColumnElement[Any], b: ColumnElement[Any]
+) -> ColumnElement[bool]:
     """`a = b` byte for byte.  MySQL compares text by collation (case-insensitive, trailing
     blanks ignored); the plain `=` stays so that the index on `a` is used."""
     if is_sqlite(dialect):
@@ -125,17 +129,24 @@ def unlinked_serials(dialect: Dialect, live: Sequence[str], limit: int) -> Selec
     ft = flow_token.alias("ft")
     first_live = (
         select(func.min(ft.c.id_token))
-        .where(same_text(dialect, ft.c.serial_number, jts.c.serial_number),
-               ft.c.token_type == "piece", ft.c.status.in_(live))
+        .where(
+            same_text(dialect, ft.c.serial_number, jts.c.serial_number),
+            ft.c.token_type == "piece",
+            ft.c.status.in_(live),
+        )
         .scalar_subquery()
     )
     carried = exists().where(same_text(dialect, ft.c.serial_number, jts.c.serial_number))
     return (
-        select(jts.c.id_serial, jts.c.serial_number, date_text(jts.c.generated_at),
-               job_ticket.c.status.label("ticket_status"), first_live.label("token"),
-               carried.label("carried"))
-        .select_from(jts.outerjoin(job_ticket,
-                                   job_ticket.c.id_job_ticket == jts.c.id_job_ticket))
+        select(
+            jts.c.id_serial,
+            jts.c.serial_number,
+            date_text(jts.c.generated_at),
+            job_ticket.c.status.label("ticket_status"),
+            first_live.label("token"),
+            carried.label("carried"),
+        )
+        .select_from(jts.outerjoin(job_ticket, job_ticket.c.id_job_ticket == jts.c.id_job_ticket))
         .where(jts.c.spawned_token_id.is_(None), jts.c.id_serial > bindparam("last"))
         .order_by(jts.c.id_serial)
         .limit(limit)
@@ -150,18 +161,26 @@ def live_tokens(dialect: Dialect, live: Sequence[str], limit: int) -> Select[Any
     other = flow_token.alias("other")
     dup = (
         select(func.min(other.c.id_token))
-        .where(same_text(dialect, other.c.serial_number, flow_token.c.serial_number),
-               other.c.id_token != flow_token.c.id_token,
-               other.c.token_type == "piece", other.c.status.in_(live))
+        .where(
+            same_text(dialect, other.c.serial_number, flow_token.c.serial_number),
+            other.c.id_token != flow_token.c.id_token,
+            other.c.token_type == "piece",
+            other.c.status.in_(live),
+        )
         .scalar_subquery()
     )
     stmt = (
-        select(flow_token.c.id_token, as_text(flow_token.c.token_type),
-               flow_token.c.serial_number,
-               case((flow_token.c.token_type == "piece", dup)).label("dup_of"))
-        .where(flow_token.c.id_token > bindparam("last"),
-               unindexed(dialect, flow_token.c.status).in_(live),
-               flow_token.c.serial_number.is_not(None))
+        select(
+            flow_token.c.id_token,
+            as_text(flow_token.c.token_type),
+            flow_token.c.serial_number,
+            case((flow_token.c.token_type == "piece", dup)).label("dup_of"),
+        )
+        .where(
+            flow_token.c.id_token > bindparam("last"),
+            unindexed(dialect, flow_token.c.status).in_(live),
+            flow_token.c.serial_number.is_not(None),
+        )
         .order_by(flow_token.c.id_token)
         .limit(limit)
     )
@@ -172,8 +191,11 @@ def token_spawned_at(conn: Connection, ids: Iterable[int]) -> dict[int, str | No
     """`spawned_at` of tokens, as text (see `date_text`)."""
     out: dict[int, str | None] = {}
     for group in in_groups(ids):
-        rows = conn.execute(select(flow_token.c.id_token, date_text(flow_token.c.spawned_at))
-                            .where(flow_token.c.id_token.in_(group)))
+        rows = conn.execute(
+            select(flow_token.c.id_token, date_text(flow_token.c.spawned_at)).where(
+                flow_token.c.id_token.in_(group)
+            )
+        )
         out.update((int(r.id_token), r.spawned_at) for r in rows)
     return out
 
@@ -186,26 +208,38 @@ def quarantine_serial_chars(engine: Engine) -> int:
     """
     with engine.connect() as conn:
         if is_sqlite(engine):
-            declared = next((str(row[2]) for row in
-                             conn.exec_driver_sql("PRAGMA table_info(serial_quarantine)")
-                             if row[1] == "serial_code"), "")
+            declared = next(
+                (
+                    str(row[2])
+                    for row in conn.exec_driver_sql("PRAGMA table_info(serial_quarantine)")
+                    if row[1] == "serial_code"
+                ),
+                "",
+            )
             found = re.search(r"\((\d+)\)", declared)
             length = int(found.group(1)) if found else None
         else:
-            length = conn.execute(text(
-                "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'serial_quarantine' "
-                "AND COLUMN_NAME = 'serial_code'")).scalar()
+            length = conn.execute(
+                text(
+                    "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'serial_quarantine' "
+                    "AND COLUMN_NAME = 'serial_code'"
+                )
+            ).scalar()
     return int(length) if length else QUARANTINE_SERIAL_CHARS
 
 
 def registry_rows(engine: Engine, serials: Iterable[str]) -> dict[str, Row[Any]]:
     """Core registry rows by exact serial_code (the column is binary: exact match)."""
     out: dict[str, Row[Any]] = {}
-    stmt = select(registry_t.c.serial_code, registry_t.c.tenant_id,
-                  as_text(registry_t.c.production_type),
-                  registry_t.c.dag_token_id, registry_t.c.hash_signature,
-                  registry_t.c.hash_salt_version)
+    stmt = select(
+        registry_t.c.serial_code,
+        registry_t.c.tenant_id,
+        as_text(registry_t.c.production_type),
+        registry_t.c.dag_token_id,
+        registry_t.c.hash_signature,
+        registry_t.c.hash_salt_version,
+    )
     with engine.connect() as conn:
         for group in in_groups(serials):
             for row in conn.execute(stmt.where(registry_t.c.serial_code.in_(group))).all():
@@ -245,8 +279,9 @@ class Done:
     linked: int = 0
 
 
-def write_page(engine: Engine, page: Page, now: datetime, dry_run: bool,
-               check_lease: Callable[[], None]) -> Done:
+def write_page(
+    engine: Engine, page: Page, now: datetime, dry_run: bool, check_lease: Callable[[], None]
+) -> Done:
     """Write what `page` asks, in one transaction, guarded; a dry run only counts."""
     if not page:
         return Done()
@@ -258,19 +293,40 @@ def write_page(engine: Engine, page: Page, now: datetime, dry_run: bool,
     with engine.begin() as conn:
         new_q, new_o = _new_quarantine(conn, page.quarantine), _new_outbox(conn, page.enqueue)
         if new_q:
-            conn.execute(insert(quarantine_t), [
-                {"serial_code": q.serial, "source_table": q.source_table,
-                 "source_id": q.source_id, "reason": q.reason, "detected_at": now}
-                for q in new_q])
+            conn.execute(
+                insert(quarantine_t),
+                [
+                    {
+                        "serial_code": q.serial,
+                        "source_table": q.source_table,
+                        "source_id": q.source_id,
+                        "reason": q.reason,
+                        "detected_at": now,
+                    }
+                    for q in new_q
+                ],
+            )
         if new_o:
-            conn.execute(insert(outbox_t), [
-                {"serial_code": serial, "dag_token_id": token, "status": "pending",
-                 "retry_count": 0, "created_at": now, "updated_at": now}
-                for serial, token in new_o])
+            conn.execute(
+                insert(outbox_t),
+                [
+                    {
+                        "serial_code": serial,
+                        "dag_token_id": token,
+                        "status": "pending",
+                        "retry_count": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for serial, token in new_o
+                ],
+            )
         linked = 0
-        guarded = (update(jts)
-                   .where(jts.c.id_serial == bindparam("id"), jts.c.spawned_token_id.is_(None))
-                   .values(spawned_token_id=bindparam("token"), spawned_at=bindparam("at")))
+        guarded = (
+            update(jts)
+            .where(jts.c.id_serial == bindparam("id"), jts.c.spawned_token_id.is_(None))
+            .values(spawned_token_id=bindparam("token"), spawned_at=bindparam("at"))
+        )
         for id_serial, token, at in page.links:
             linked += conn.execute(guarded, {"id": id_serial, "token": token, "at": at}).rowcount
     return Done(Counter(q.reason for q in new_q), len(new_o), linked)
@@ -285,8 +341,9 @@ def _new_quarantine(conn: Connection, wanted: list[Quarantine]) -> list[Quaranti
     have: set[Quarantine] = set()
     for group in in_groups(sorted({w.serial for w in wanted})):
         rows = conn.execute(stmt.where(q.c.resolved_at.is_(None), q.c.serial_code.in_(group)))
-        have.update(Quarantine(r.serial_code, str(r.reason), r.source_table, r.source_id)
-                    for r in rows)
+        have.update(
+            Quarantine(r.serial_code, str(r.reason), r.source_table, r.source_id) for r in rows
+        )
     return [w for w in dict.fromkeys(wanted) if w not in have]
 
 
@@ -297,7 +354,10 @@ def _new_outbox(conn: Connection, wanted: list[tuple[str, int]]) -> list[tuple[s
     o = outbox_t
     have: set[tuple[str, int]] = set()
     for group in in_groups(sorted({token for _, token in wanted})):
-        rows = conn.execute(select(o.c.serial_code, o.c.dag_token_id)
-                            .where(o.c.status == "pending", o.c.dag_token_id.in_(group)))
+        rows = conn.execute(
+            select(o.c.serial_code, o.c.dag_token_id).where(
+                o.c.status == "pending", o.c.dag_token_id.in_(group)
+            )
+        )
         have.update((r.serial_code, int(r.dag_token_id)) for r in rows)
     return [w for w in dict.fromkeys(wanted) if w not in have]

@@ -63,9 +63,20 @@ from bgworkers.jobs.serials.format import (
 )
 from bgworkers.settings import SerialConsistencySettings
 
-COUNTERS = ("missing_tenant_links", "missing_core_links", "invalid_formats", "orphaned",
-            "duplicates", "mismatches", "unregistered", "legacy", "fixed", "quarantined",
-            "bad_rows", "errors")
+COUNTERS = (
+    "missing_tenant_links",
+    "missing_core_links",
+    "invalid_formats",
+    "orphaned",
+    "duplicates",
+    "mismatches",
+    "unregistered",
+    "legacy",
+    "fixed",
+    "quarantined",
+    "bad_rows",
+    "errors",
+)
 _FIRST_KEY = -(2**63)
 #: `bad_row` events per tenant run; past it, one `bad_rows_not_named` event gives the rest.
 BAD_ROWS_NAMED = 100
@@ -78,10 +89,16 @@ EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9999, 12, 30)
 #: The counter each outcome adds to.  Outcomes are quarantine reasons, except
 #: `legacy` (left alone), `missing_core_link` (enqueued) and `missing_tenant_link` (set).
 OUTCOME_COUNTERS = {
-    "legacy": "legacy", "invalid_format": "invalid_formats", "checksum_fail": "invalid_formats",
-    "hash_fail": "invalid_formats", "duplicate": "duplicates", "unregistered": "unregistered",
-    "registry_mismatch": "mismatches", "missing_core_link": "missing_core_links",
-    "missing_tenant_link": "missing_tenant_links", "orphaned": "orphaned",
+    "legacy": "legacy",
+    "invalid_format": "invalid_formats",
+    "checksum_fail": "invalid_formats",
+    "hash_fail": "invalid_formats",
+    "duplicate": "duplicates",
+    "unregistered": "unregistered",
+    "registry_mismatch": "mismatches",
+    "missing_core_link": "missing_core_links",
+    "missing_tenant_link": "missing_tenant_links",
+    "orphaned": "orphaned",
 }
 NOT_QUARANTINED = frozenset({"legacy", "missing_core_link", "missing_tenant_link"})
 
@@ -94,9 +111,15 @@ class Registered:
     dag_token_id: int | None
 
 
-def token_outcomes(kind: Kind, token_type: str, token: int, duplicated: bool,
-                   own: Registered | None, hash_failed: bool = False,
-                   registry_read: bool = True) -> list[str]:
+def token_outcomes(
+    kind: Kind,
+    token_type: str,
+    token: int,
+    duplicated: bool,
+    own: Registered | None,
+    hash_failed: bool = False,
+    registry_read: bool = True,
+) -> list[str]:
     """What the check concludes about one live token carrying a serial, in order.
 
     `duplicated`: another live piece token carries the serial (piece tokens only);
@@ -127,8 +150,13 @@ def token_outcomes(kind: Kind, token_type: str, token: int, duplicated: bool,
     return out
 
 
-def unlinked_outcome(first_live_piece: int | None, carried: bool, ticket_status: str | None,
-                     generated_at: datetime, cutoff: datetime) -> str | None:
+def unlinked_outcome(
+    first_live_piece: int | None,
+    carried: bool,
+    ticket_status: str | None,
+    generated_at: datetime,
+    cutoff: datetime,
+) -> str | None:
     """What the check concludes about a job-ticket serial without a tenant link, if anything.
 
     `first_live_piece`: the lowest live piece token carrying the serial; `carried`:
@@ -145,8 +173,13 @@ def salt_key(production_type: str, salt_version: object) -> str:
     return f"{production_type}:{salt_version}"
 
 
-def hash_verdict(serial: str, production_type: str, salt_version: object,
-                 signature: str | None, salts: Mapping[str, str]) -> bool | None:
+def hash_verdict(
+    serial: str,
+    production_type: str,
+    salt_version: object,
+    signature: str | None,
+    salts: Mapping[str, str],
+) -> bool | None:
     """Whether the registry signature of `serial` is right; None: no salt for type:version."""
     salt = salts.get(salt_key(production_type, salt_version))
     return None if salt is None else hash_ok(serial, signature, salt)
@@ -212,21 +245,30 @@ class _Check:
                     self._bad("job_ticket_serial", id_serial, f"serial_number {problem}", serial)
                     continue
                 generated = parse_naive(row.generated_at)
-                if generated is None and row.token is None and not row.carried \
-                        and row.ticket_status not in FINISHED_TICKET_STATUSES:
+                if (
+                    generated is None
+                    and row.token is None
+                    and not row.carried
+                    and row.ticket_status not in FINISHED_TICKET_STATUSES
+                ):
                     # only the orphan rule needs the date, and only here
-                    self._bad("job_ticket_serial", id_serial,
-                              date_problem("generated_at", row.generated_at), serial)
+                    self._bad(
+                        "job_ticket_serial",
+                        id_serial,
+                        date_problem("generated_at", row.generated_at),
+                        serial,
+                    )
                     continue
-                outcome = unlinked_outcome(row.token, bool(row.carried), row.ticket_status,
-                                           generated or cutoff, cutoff)
+                outcome = unlinked_outcome(
+                    row.token, bool(row.carried), row.ticket_status, generated or cutoff, cutoff
+                )
                 if outcome == "missing_tenant_link":
                     links[id_serial] = int(row.token)
-                elif outcome is not None and self._storable("job_ticket_serial", id_serial,
-                                                            serial):
+                elif outcome is not None and self._storable("job_ticket_serial", id_serial, serial):
                     self.counts[OUTCOME_COUNTERS[outcome]] += 1
                     page.quarantine.append(
-                        Quarantine(serial, outcome, "job_ticket_serial", id_serial))
+                        Quarantine(serial, outcome, "job_ticket_serial", id_serial)
+                    )
             if links:
                 page.links = self._links(links)
             self._write(page)
@@ -240,8 +282,12 @@ class _Check:
         for id_serial, token in links.items():
             local = parse_naive(spawned.get(token))
             if local is None:
-                self._bad("flow_token", token, date_problem("spawned_at", spawned.get(token)),
-                          skipped=f"tenant link of job_ticket_serial {id_serial}")
+                self._bad(
+                    "flow_token",
+                    token,
+                    date_problem("spawned_at", spawned.get(token)),
+                    skipped=f"tenant link of job_ticket_serial {id_serial}",
+                )
                 continue
             self.counts[OUTCOME_COUNTERS["missing_tenant_link"]] += 1
             out.append((id_serial, token, naive_utc(local, tz)))
@@ -254,26 +300,48 @@ class _Check:
         for page_rows in self._pages(stmt, "id_token"):
             page = Page()
             # isprintable: the fast path of key_problem, for nearly every row
-            rows = [row for row in page_rows
-                    if row.serial_number.isprintable() or self._usable_serial(row)]
+            rows = [
+                row
+                for row in page_rows
+                if row.serial_number.isprintable() or self._usable_serial(row)
+            ]
             kinds = [classify(row.serial_number, self.exempt) for row in rows]
             registry = self._registry(
-                {row.serial_number for row, kind in zip(rows, kinds, strict=True)
-                 if kind is Kind.STANDARD})
+                {
+                    row.serial_number
+                    for row, kind in zip(rows, kinds, strict=True)
+                    if kind is Kind.STANDARD
+                }
+            )
             for row, kind in zip(rows, kinds, strict=True):
                 serial, token = row.serial_number, int(row.id_token)
                 reg = None if registry is None else registry.get(serial)
                 own = reg if reg is not None and int(reg.tenant_id) == self.ctx.tenant.id else None
-                hash_failed = (kind is Kind.STANDARD and own is not None
-                               and self._hash_fails(serial, own))
-                link = None if own is None else Registered(
-                    str(own.production_type),
-                    None if own.dag_token_id is None else int(own.dag_token_id))
-                outcomes = token_outcomes(kind, row.token_type, token, row.dup_of is not None,
-                                          link, hash_failed, registry is not None)
-                if len(serial) > QUARANTINE_SERIAL_CHARS \
-                        and any(o not in NOT_QUARANTINED for o in outcomes) \
-                        and not self._storable("flow_token", token, serial):
+                hash_failed = (
+                    kind is Kind.STANDARD and own is not None and self._hash_fails(serial, own)
+                )
+                link = (
+                    None
+                    if own is None
+                    else Registered(
+                        str(own.production_type),
+                        None if own.dag_token_id is None else int(own.dag_token_id),
+                    )
+                )
+                outcomes = token_outcomes(
+                    kind,
+                    row.token_type,
+                    token,
+                    row.dup_of is not None,
+                    link,
+                    hash_failed,
+                    registry is not None,
+                )
+                if (
+                    len(serial) > QUARANTINE_SERIAL_CHARS
+                    and any(o not in NOT_QUARANTINED for o in outcomes)
+                    and not self._storable("flow_token", token, serial)
+                ):
                     continue
                 for outcome in outcomes:
                     self.counts[OUTCOME_COUNTERS[outcome]] += 1
@@ -287,8 +355,7 @@ class _Check:
         problem = key_problem(row.serial_number)
         if problem is None:
             return True
-        self._bad("flow_token", int(row.id_token), f"serial_number {problem}",
-                  row.serial_number)
+        self._bad("flow_token", int(row.id_token), f"serial_number {problem}", row.serial_number)
         return False
 
     # ------------------------------------------------------------ poison rows
@@ -301,17 +368,35 @@ class _Check:
             self.quarantine_chars = quarantine_serial_chars(self.ctx.db)
         if len(serial) <= self.quarantine_chars:
             return True
-        self._bad(table, row_id, f"serial_number is {len(serial)} characters, longer than "
-                  f"serial_quarantine.serial_code holds ({self.quarantine_chars})", serial,
-                  skipped="quarantine (a serial is never truncated)")
+        self._bad(
+            table,
+            row_id,
+            f"serial_number is {len(serial)} characters, longer than "
+            f"serial_quarantine.serial_code holds ({self.quarantine_chars})",
+            serial,
+            skipped="quarantine (a serial is never truncated)",
+        )
         return False
 
-    def _bad(self, table: str, row_id: int, problem: str, value: str | None = None,
-             skipped: str = "the row") -> None:
+    def _bad(
+        self,
+        table: str,
+        row_id: int,
+        problem: str,
+        value: str | None = None,
+        skipped: str = "the row",
+    ) -> None:
         self.counts["bad_rows"] += 1
         if self.counts["bad_rows"] <= BAD_ROWS_NAMED:
-            self.ctx.log.warning("bad_row", table=table, id=row_id, problem=problem,
-                                 value=shown(value), skipped=skipped, dry_run=self.dry_run)
+            self.ctx.log.warning(
+                "bad_row",
+                table=table,
+                id=row_id,
+                problem=problem,
+                value=shown(value),
+                skipped=skipped,
+                dry_run=self.dry_run,
+            )
 
     def _registry(self, serials: set[str]) -> dict[str, Row[Any]] | None:
         """The page's registry rows, or None once core has failed in this run."""
@@ -326,15 +411,19 @@ class _Check:
             self.counts["errors"] += 1
             reason = error_line(exc)
             self.ctx.part_failed("registry and hash checks (core serial_registry)", reason)
-            self.ctx.log.warning("serial_registry_unavailable", error=reason,
-                                 skipped="registry and hash checks for the rest of this run")
+            self.ctx.log.warning(
+                "serial_registry_unavailable",
+                error=reason,
+                skipped="registry and hash checks for the rest of this run",
+            )
             return None
 
     def _hash_fails(self, serial: str, reg: Row[Any]) -> bool:
         if not self.salts:
             return False
-        verdict = hash_verdict(serial, reg.production_type, reg.hash_salt_version,
-                               reg.hash_signature, self.salts)
+        verdict = hash_verdict(
+            serial, reg.production_type, reg.hash_salt_version, reg.hash_signature, self.salts
+        )
         if verdict is None:
             self.unverifiable[salt_key(reg.production_type, reg.hash_salt_version)] += 1
             return False
@@ -354,8 +443,7 @@ class _Check:
             last = int(getattr(rows[-1], key))
 
     def _write(self, page: Page) -> None:
-        done = write_page(self.ctx.db, page, self.ctx.utc_now, self.dry_run,
-                          self.ctx.check_lease)
+        done = write_page(self.ctx.db, page, self.ctx.utc_now, self.dry_run, self.ctx.check_lease)
         self.done.quarantined.update(done.quarantined)
         self.done.enqueued += done.enqueued
         self.done.linked += done.linked
@@ -364,13 +452,22 @@ class _Check:
 
     def report(self) -> None:
         if self.counts["bad_rows"] > BAD_ROWS_NAMED:
-            self.ctx.log.warning("bad_rows_not_named", named=BAD_ROWS_NAMED,
-                                 count=self.counts["bad_rows"] - BAD_ROWS_NAMED)
+            self.ctx.log.warning(
+                "bad_rows_not_named",
+                named=BAD_ROWS_NAMED,
+                count=self.counts["bad_rows"] - BAD_ROWS_NAMED,
+            )
         if self.unverifiable:
-            self.ctx.log.warning("serial_hash_unverifiable", serials=self.unverifiable.total(),
-                                 missing_salts=sorted(self.unverifiable))
+            self.ctx.log.warning(
+                "serial_hash_unverifiable",
+                serials=self.unverifiable.total(),
+                missing_salts=sorted(self.unverifiable),
+            )
         if self.counts["fixed"] or self.counts["quarantined"]:
             self.ctx.log.info(
-                "serial_consistency_changes", dry_run=self.dry_run,
-                tenant_links_set=self.done.linked, outbox_enqueued=self.done.enqueued,
-                quarantined_by_reason=dict(sorted(self.done.quarantined.items())))
+                "serial_consistency_changes",
+                dry_run=self.dry_run,
+                tenant_links_set=self.done.linked,
+                outbox_enqueued=self.done.enqueued,
+                quarantined_by_reason=dict(sorted(self.done.quarantined.items())),
+            )

@@ -79,8 +79,15 @@ class Facts:
         return self.registry is not None or any(t.known for t in self.tenants)
 
 
-def explain(settings: Settings, dbs: Databases, serial: str, tenant_code: str | None,
-            out: Out, as_json: bool = False, clock: Clock | None = None) -> int:
+def explain(
+    settings: Settings,
+    dbs: Databases,
+    serial: str,
+    tenant_code: str | None,
+    out: Out,
+    as_json: bool = False,
+    clock: Clock | None = None,
+) -> int:
     """Print what is known about `serial` and what the check would conclude; the exit status."""
     try:
         facts = gather(settings, dbs, serial, tenant_code, clock or SystemClock())
@@ -98,8 +105,9 @@ def explain(settings: Settings, dbs: Databases, serial: str, tenant_code: str | 
     return 0 if facts.found else 1
 
 
-def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | None,
-           clock: Clock) -> Facts:
+def gather(
+    settings: Settings, dbs: Databases, serial: str, tenant_code: str | None, clock: Clock
+) -> Facts:
     """Everything known about `serial`, with conclusions.  Raises BadInput, or
     SQLAlchemyError when core cannot tell which tenants to read."""
     if not serial:
@@ -127,8 +135,9 @@ def gather(settings: Settings, dbs: Databases, serial: str, tenant_code: str | N
         except (SQLAlchemyError, BadInput) as exc:
             found.error = error_line(exc)
             continue
-        found.conclusions = judge.conclude(found.id, found.tokens, found.job_ticket_serial,
-                                           found.outbox, found.quarantine)
+        found.conclusions = judge.conclude(
+            found.id, found.tokens, found.job_ticket_serial, found.outbox, found.quarantine
+        )
     return facts
 
 
@@ -190,8 +199,9 @@ def _registry(conn: Connection, serial: str) -> Record | None:
     if found is None:
         return None
     row = dict(found)
-    owner = conn.execute(select(org.c.code, org.c.status)
-                         .where(org.c.id_org == row["tenant_id"])).first()
+    owner = conn.execute(
+        select(org.c.code, org.c.status).where(org.c.id_org == row["tenant_id"])
+    ).first()
     row["tenant_code"] = None if owner is None else owner.code
     row["tenant_active"] = owner is not None and is_active(owner.status)
     return row
@@ -200,31 +210,69 @@ def _registry(conn: Connection, serial: str) -> Record | None:
 def _read_tenant(conn: Connection, serial: str, into: TenantFacts) -> None:
     dialect, value = conn.dialect, literal(serial, String)
     ft, node = erp.flow_token, erp.routing_node
-    into.tokens = _all(conn, select(
-        ft.c.id_token, as_text(ft.c.token_type), as_text(ft.c.status), ft.c.current_node_id,
-        node.c.node_code, date_text(ft.c.spawned_at))
+    into.tokens = _all(
+        conn,
+        select(
+            ft.c.id_token,
+            as_text(ft.c.token_type),
+            as_text(ft.c.status),
+            ft.c.current_node_id,
+            node.c.node_code,
+            date_text(ft.c.spawned_at),
+        )
         .select_from(ft.outerjoin(node, node.c.id_node == ft.c.current_node_id))
-        .where(same_text(dialect, ft.c.serial_number, value)).order_by(ft.c.id_token))
+        .where(same_text(dialect, ft.c.serial_number, value))
+        .order_by(ft.c.id_token),
+    )
     jts, ticket = erp.job_ticket_serial, erp.job_ticket
-    rows = _all(conn, select(
-        jts.c.id_serial, jts.c.id_job_ticket, ticket.c.ticket_code,
-        ticket.c.status.label("ticket_status"), jts.c.sequence_no, date_text(jts.c.generated_at),
-        date_text(jts.c.spawned_at), jts.c.spawned_token_id)
+    rows = _all(
+        conn,
+        select(
+            jts.c.id_serial,
+            jts.c.id_job_ticket,
+            ticket.c.ticket_code,
+            ticket.c.status.label("ticket_status"),
+            jts.c.sequence_no,
+            date_text(jts.c.generated_at),
+            date_text(jts.c.spawned_at),
+            jts.c.spawned_token_id,
+        )
         .select_from(jts.outerjoin(ticket, ticket.c.id_job_ticket == jts.c.id_job_ticket))
-        .where(same_text(dialect, jts.c.serial_number, value)))
+        .where(same_text(dialect, jts.c.serial_number, value)),
+    )
     for record in (*into.tokens, *rows):
         _dates(record, "generated_at", "spawned_at")
     into.job_ticket_serial = rows[0] if rows else None  # serial_number is unique
     box = erp.serial_link_outbox
-    into.outbox = _all(conn, select(
-        box.c.id, box.c.dag_token_id, as_text(box.c.status), box.c.retry_count,
-        box.c.last_error, box.c.created_at, box.c.updated_at, box.c.next_attempt_at)
-        .where(same_text(dialect, box.c.serial_code, value)).order_by(box.c.id))
+    into.outbox = _all(
+        conn,
+        select(
+            box.c.id,
+            box.c.dag_token_id,
+            as_text(box.c.status),
+            box.c.retry_count,
+            box.c.last_error,
+            box.c.created_at,
+            box.c.updated_at,
+            box.c.next_attempt_at,
+        )
+        .where(same_text(dialect, box.c.serial_code, value))
+        .order_by(box.c.id),
+    )
     q = erp.serial_quarantine
-    into.quarantine = _all(conn, select(
-        q.c.id, as_text(q.c.reason), q.c.source_table, q.c.source_id, q.c.detected_at,
-        q.c.resolved_at)
-        .where(same_text(dialect, q.c.serial_code, value)).order_by(q.c.id))
+    into.quarantine = _all(
+        conn,
+        select(
+            q.c.id,
+            as_text(q.c.reason),
+            q.c.source_table,
+            q.c.source_id,
+            q.c.detected_at,
+            q.c.resolved_at,
+        )
+        .where(same_text(dialect, q.c.serial_code, value))
+        .order_by(q.c.id),
+    )
 
 
 def _dates(record: Record, *keys: str) -> None:
@@ -249,12 +297,20 @@ def as_dict(facts: Facts) -> Record:
         "format": facts.format,
         "registry": facts.registry,
         "registry_error": facts.registry_error,
-        "tenants": {t.code: {
-            "id": t.id, "active": t.active, "refused": t.refused, "error": t.error,
-            "tokens": t.tokens,
-            "job_ticket_serial": t.job_ticket_serial, "outbox": t.outbox,
-            "quarantine": t.quarantine, "conclusions": t.conclusions,
-        } for t in facts.tenants},
+        "tenants": {
+            t.code: {
+                "id": t.id,
+                "active": t.active,
+                "refused": t.refused,
+                "error": t.error,
+                "tokens": t.tokens,
+                "job_ticket_serial": t.job_ticket_serial,
+                "outbox": t.outbox,
+                "quarantine": t.quarantine,
+                "conclusions": t.conclusions,
+            }
+            for t in facts.tenants
+        },
         "notes": facts.notes,
     }
 

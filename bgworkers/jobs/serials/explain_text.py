@@ -46,8 +46,10 @@ def render(facts: Facts, erp_timezone: str) -> Iterator[str]:
         yield from _tenant(tenant, erp_timezone)
     if not facts.found:
         yield ""
-        yield ("nothing is known about this serial: no registry row, no tenant row"
-               + (" (some databases could not be read)" if _incomplete(facts) else ""))
+        yield (
+            "nothing is known about this serial: no registry row, no tenant row"
+            + (" (some databases could not be read)" if _incomplete(facts) else "")
+        )
 
 
 def _incomplete(facts: Facts) -> bool:
@@ -64,12 +66,16 @@ def _registry(facts: Facts) -> Iterator[str]:
         return
     owner = reg["tenant_code"] or "? (no such organization)"
     inactive = "" if reg["tenant_active"] or reg["tenant_code"] is None else ", not active"
-    yield (f"  id {reg['id_serial']}: tenant {owner} (id {reg['tenant_id']}{inactive}), "
-           f"org_code {reg['org_code']}, {reg['production_type']}, sku {reg['sku'] or '-'}, "
-           f"status {reg['status']}, scope {reg['serial_scope']}, created {_at(reg['created_at'])}")
+    yield (
+        f"  id {reg['id_serial']}: tenant {owner} (id {reg['tenant_id']}{inactive}), "
+        f"org_code {reg['org_code']}, {reg['production_type']}, sku {reg['sku'] or '-'}, "
+        f"status {reg['status']}, scope {reg['serial_scope']}, created {_at(reg['created_at'])}"
+    )
     link = "none" if reg["dag_token_id"] is None else f"token {reg['dag_token_id']}"
-    yield (f"    core link (dag_token_id): {link}; job_ticket_id {reg['job_ticket_id'] or '-'}; "
-           f"checksum column {reg['checksum'] or '-'}")
+    yield (
+        f"    core link (dag_token_id): {link}; job_ticket_id {reg['job_ticket_id'] or '-'}; "
+        f"checksum column {reg['checksum'] or '-'}"
+    )
     key = f"{reg['production_type']}:{reg['hash_salt_version']}"
     yield f"    hash signature: {HASH_CHECK[reg['hash_check']].format(key=key)}"
 
@@ -94,8 +100,10 @@ def _tenant(tenant: TenantFacts, erp_timezone: str) -> Iterator[str]:
     if not tenant.conclusions:
         yield "    nothing: no token and no job-ticket serial carries it"
     for c in tenant.conclusions:
-        yield (f"    {c['source_table']} {c['source_id']}: {c['outcome']} ({c['detail']}): "
-               f"{c['action']}")
+        yield (
+            f"    {c['source_table']} {c['source_id']}: {c['outcome']} ({c['detail']}): "
+            f"{c['action']}"
+        )
 
 
 def _tokens(tokens: list[Record], erp_timezone: str) -> Iterator[str]:
@@ -104,10 +112,15 @@ def _tokens(tokens: list[Record], erp_timezone: str) -> Iterator[str]:
         return
     yield f"  flow_token (spawned_at in ERP local time, {erp_timezone}):"
     for t in tokens:
-        node = "-" if t["current_node_id"] is None else (
-            f"{t['current_node_id']} {t['node_code'] or ''}".rstrip())
-        yield (f"    id {t['id_token']}  {t['token_type']}  {t['status']}  node {node}  "
-               f"spawned {_at(t['spawned_at'], '')}")
+        node = (
+            "-"
+            if t["current_node_id"] is None
+            else (f"{t['current_node_id']} {t['node_code'] or ''}".rstrip())
+        )
+        yield (
+            f"    id {t['id_token']}  {t['token_type']}  {t['status']}  node {node}  "
+            f"spawned {_at(t['spawned_at'], '')}"
+        )
 
 
 def _job_ticket_serial(row: Record | None) -> Iterator[str]:
@@ -115,10 +128,15 @@ def _job_ticket_serial(row: Record | None) -> Iterator[str]:
         yield "  job_ticket_serial: none"
         return
     ticket = f"{row['ticket_code'] or '?'} ({row['ticket_status'] or 'no such ticket'})"
-    link = ("not linked" if row["spawned_token_id"] is None else
-            f"linked to token {row['spawned_token_id']} at {_at(row['spawned_at'])}")
-    yield (f"  job_ticket_serial: id {row['id_serial']}, ticket {row['id_job_ticket']} {ticket}, "
-           f"sequence {row['sequence_no']}, generated {_at(row['generated_at'])}, {link}")
+    link = (
+        "not linked"
+        if row["spawned_token_id"] is None
+        else f"linked to token {row['spawned_token_id']} at {_at(row['spawned_at'])}"
+    )
+    yield (
+        f"  job_ticket_serial: id {row['id_serial']}, ticket {row['id_job_ticket']} {ticket}, "
+        f"sequence {row['sequence_no']}, generated {_at(row['generated_at'])}, {link}"
+    )
 
 
 def _outbox(rows: list[Record]) -> Iterator[str]:
@@ -128,9 +146,11 @@ def _outbox(rows: list[Record]) -> Iterator[str]:
     yield "  serial_link_outbox:"
     for r in rows:
         error = f"  last error: {r['last_error']}" if r["last_error"] else ""
-        yield (f"    id {r['id']}  token {r['dag_token_id']}  {r['status']}  "
-               f"retries {r['retry_count']}  created {_at(r['created_at'])}  "
-               f"next attempt {_at(r['next_attempt_at'])}{error}")
+        yield (
+            f"    id {r['id']}  token {r['dag_token_id']}  {r['status']}  "
+            f"retries {r['retry_count']}  created {_at(r['created_at'])}  "
+            f"next attempt {_at(r['next_attempt_at'])}{error}"
+        )
 
 
 def _quarantine(rows: list[Record]) -> Iterator[str]:
@@ -139,8 +159,14 @@ def _quarantine(rows: list[Record]) -> Iterator[str]:
         return
     yield "  serial_quarantine:"
     for r in rows:
-        state = (f"resolved {_at(r['resolved_at'])}" if r["resolved_at"] is not None else
-                 "open, still found" if r.get("still_found") else
-                 "open, no longer found by the check")
-        yield (f"    id {r['id']}  {r['reason']}  {r['source_table']} {r['source_id']}  "
-               f"detected {_at(r['detected_at'])}  {state}")
+        state = (
+            f"resolved {_at(r['resolved_at'])}"
+            if r["resolved_at"] is not None
+            else "open, still found"
+            if r.get("still_found")
+            else "open, no longer found by the check"
+        )
+        yield (
+            f"    id {r['id']}  {r['reason']}  {r['source_table']} {r['source_id']}  "
+            f"detected {_at(r['detected_at'])}  {state}"
+        )

@@ -44,8 +44,9 @@ def to_base36(value: int, width: int) -> str:
     return "".join(reversed(digits))
 
 
-def format_serial(tenant: str, production_type: str, sku: str, day: date, seq: int,
-                  hash4: str) -> str:
+def format_serial(
+    tenant: str, production_type: str, sku: str, day: date, seq: int, hash4: str
+) -> str:
     body = f"{tenant}-{type_code(production_type)}-{sku}-{day:%Y%m%d}-{seq:05d}-{hash4}"
     return f"{body}-{checksum(body)}"
 
@@ -183,7 +184,6 @@ def shown(value: str | None, limit: int = SHOWN_CHARS) -> str | None:
 
 
 # ---------------------------------------------------------------- hash signature
-
 
 
 def hash_signature(serial: str, salt: str) -> str:

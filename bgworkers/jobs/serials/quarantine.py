@@ -50,9 +50,15 @@ class Row:
     resolved_at: datetime | None
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "serial_code": self.serial_code, "reason": self.reason,
-                "source_table": self.source_table, "source_id": self.source_id,
-                "detected_at": _iso(self.detected_at), "resolved_at": _iso(self.resolved_at)}
+        return {
+            "id": self.id,
+            "serial_code": self.serial_code,
+            "reason": self.reason,
+            "source_table": self.source_table,
+            "source_id": self.source_id,
+            "detected_at": _iso(self.detected_at),
+            "resolved_at": _iso(self.resolved_at),
+        }
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -65,13 +71,15 @@ def _when(at: datetime | None) -> str:
 
 def _shown(serial: str) -> str:
     """A serial as it can be printed: escaped (control characters, bad bytes), cut."""
-    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in serial)
-    return text if len(text) <= SERIAL_CHARS else text[:SERIAL_CHARS - 1] + "…"
+    text = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in serial
+    )
+    return text if len(text) <= SERIAL_CHARS else text[: SERIAL_CHARS - 1] + "…"
 
 
-def _tenants(settings: Settings, dbs: Databases, code: str | None,
-             out: Out) -> tuple[list[str], list[TenantProblem]] | int:
+def _tenants(
+    settings: Settings, dbs: Databases, code: str | None, out: Out
+) -> tuple[list[str], list[TenantProblem]] | int:
     """The tenant codes to read, and those refused; an exit status when there are none."""
     try:
         with limits.limited(STATEMENT_LIMIT):
@@ -87,35 +95,74 @@ def _tenants(settings: Settings, dbs: Databases, code: str | None,
     return [t.code for t in tenants], refused
 
 
-def read(engine: Engine, *, reason: str | None = None, include_resolved: bool = False,
-         limit: int = DEFAULT_LIMIT) -> tuple[list[Row], int]:
+def read(
+    engine: Engine,
+    *,
+    reason: str | None = None,
+    include_resolved: bool = False,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[Row], int]:
     """The newest `limit` matching rows of one tenant, and how many match in all."""
     q = quarantine.c
     where: list[ColumnElement[bool]] = [] if include_resolved else [q.resolved_at.is_(None)]
     if reason is not None:
         where.append(q.reason == reason)
     with limits.limited(STATEMENT_LIMIT), engine.connect() as conn:
-        total = int(conn.execute(select(func.count()).select_from(quarantine)
-                                 .where(*where)).scalar_one())
+        total = int(
+            conn.execute(select(func.count()).select_from(quarantine).where(*where)).scalar_one()
+        )
         found = conn.execute(
-            select(q.id, q.serial_code, q.reason, q.source_table, q.source_id, q.detected_at,
-                   q.resolved_at).where(*where).order_by(q.id.desc()).limit(limit)).all()
-    rows = [Row(int(r.id), str(r.serial_code), str(r.reason), str(r.source_table),
-                int(r.source_id) if r.source_id is not None else None, r.detected_at,
-                r.resolved_at) for r in found]
+            select(
+                q.id,
+                q.serial_code,
+                q.reason,
+                q.source_table,
+                q.source_id,
+                q.detected_at,
+                q.resolved_at,
+            )
+            .where(*where)
+            .order_by(q.id.desc())
+            .limit(limit)
+        ).all()
+    rows = [
+        Row(
+            int(r.id),
+            str(r.serial_code),
+            str(r.reason),
+            str(r.source_table),
+            int(r.source_id) if r.source_id is not None else None,
+            r.detected_at,
+            r.resolved_at,
+        )
+        for r in found
+    ]
     return rows, total
 
 
-def list_rows(settings: Settings, dbs: Databases, tenant_code: str | None, reason: str | None,
-              include_resolved: bool, as_json: bool, out: Out,
-              limit: int = DEFAULT_LIMIT) -> int:
+def list_rows(
+    settings: Settings,
+    dbs: Databases,
+    tenant_code: str | None,
+    reason: str | None,
+    include_resolved: bool,
+    as_json: bool,
+    out: Out,
+    limit: int = DEFAULT_LIMIT,
+) -> int:
     named = _tenants(settings, dbs, tenant_code, out)
     if isinstance(named, int):
         return named
     codes, refused = named
     status = 0
-    doc: dict[str, Any] = {"tenants": {}, "refused": {}, "failed": {},
-                           "open_only": not include_resolved, "reason": reason, "limit": limit}
+    doc: dict[str, Any] = {
+        "tenants": {},
+        "refused": {},
+        "failed": {},
+        "open_only": not include_resolved,
+        "reason": reason,
+        "limit": limit,
+    }
     for problem in refused:  # their quarantine is not being looked after
         status = 1
         doc["refused"][problem.code] = problem.error
@@ -124,8 +171,9 @@ def list_rows(settings: Settings, dbs: Databases, tenant_code: str | None, reaso
     which = "" if include_resolved else "open "
     for code in codes:
         try:
-            rows, total = read(dbs.tenant(code), reason=reason,
-                               include_resolved=include_resolved, limit=limit)
+            rows, total = read(
+                dbs.tenant(code), reason=reason, include_resolved=include_resolved, limit=limit
+            )
         except (SQLAlchemyError, limits.RunTimedOut) as exc:
             status = 1
             doc["failed"][code] = error_line(exc)
@@ -136,8 +184,10 @@ def list_rows(settings: Settings, dbs: Databases, tenant_code: str | None, reaso
             doc["tenants"][code] = {"total": total, "rows": [r.as_json() for r in rows]}
             continue
         more = f" (the newest {len(rows)} shown)" if total > len(rows) else ""
-        out(f"tenant {code}: {total} {which}row{'s' * (total != 1)}"
-            f"{f' with reason {reason}' if reason else ''}{more}")
+        out(
+            f"tenant {code}: {total} {which}row{'s' * (total != 1)}"
+            f"{f' with reason {reason}' if reason else ''}{more}"
+        )
         if rows:
             for line in _table(rows, include_resolved):
                 out(f"  {line}")
@@ -147,20 +197,39 @@ def list_rows(settings: Settings, dbs: Databases, tenant_code: str | None, reaso
 
 
 def _table(rows: Sequence[Row], include_resolved: bool) -> list[str]:
-    header = ("ID", "SERIAL", "REASON", "SOURCE", "DETECTED (UTC)",
-              *(("RESOLVED (UTC)",) if include_resolved else ()))
+    header = (
+        "ID",
+        "SERIAL",
+        "REASON",
+        "SOURCE",
+        "DETECTED (UTC)",
+        *(("RESOLVED (UTC)",) if include_resolved else ()),
+    )
     table = [header] + [
-        (str(r.id), _shown(r.serial_code), r.reason,
-         f"{r.source_table}#{r.source_id if r.source_id is not None else '-'}",
-         _when(r.detected_at), *((_when(r.resolved_at),) if include_resolved else ()))
-        for r in rows]
+        (
+            str(r.id),
+            _shown(r.serial_code),
+            r.reason,
+            f"{r.source_table}#{r.source_id if r.source_id is not None else '-'}",
+            _when(r.detected_at),
+            *((_when(r.resolved_at),) if include_resolved else ()),
+        )
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in table]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
 
 
-def resolve_rows(settings: Settings, dbs: Databases, tenant_code: str, ids: Sequence[int],
-                 out: Out, clock: Clock | None = None) -> int:
+def resolve_rows(
+    settings: Settings,
+    dbs: Databases,
+    tenant_code: str,
+    ids: Sequence[int],
+    out: Out,
+    clock: Clock | None = None,
+) -> int:
     """Set resolved_at on the named open rows; name those already resolved or missing."""
     named = _tenants(settings, dbs, tenant_code, out)
     if isinstance(named, int):
@@ -185,20 +254,30 @@ def resolve_rows(settings: Settings, dbs: Databases, tenant_code: str, ids: Sequ
     return 1 if already or missing else 0
 
 
-def _resolve(conn: Connection, ids: list[int], now: datetime,
-             ) -> tuple[list[int], list[tuple[int, datetime | None]], list[int]]:
+def _resolve(
+    conn: Connection,
+    ids: list[int],
+    now: datetime,
+) -> tuple[list[int], list[tuple[int, datetime | None]], list[int]]:
     """(resolved now, already resolved with their time, missing)."""
     q = quarantine.c
-    found = {int(r.id): r.resolved_at for r in conn.execute(
-        select(q.id, q.resolved_at).where(q.id.in_(ids)).with_for_update())}
+    found = {
+        int(r.id): r.resolved_at
+        for r in conn.execute(select(q.id, q.resolved_at).where(q.id.in_(ids)).with_for_update())
+    }
     open_ids = [i for i in ids if i in found and found[i] is None]
     done: list[int] = []
     if open_ids:
-        conn.execute(update(quarantine).where(q.id.in_(open_ids), q.resolved_at.is_(None))
-                     .values(resolved_at=now))
+        conn.execute(
+            update(quarantine)
+            .where(q.id.in_(open_ids), q.resolved_at.is_(None))
+            .values(resolved_at=now)
+        )
         # the guard may have left a row resolved meanwhile: read back what is ours
-        after = {int(r.id): r.resolved_at for r in conn.execute(
-            select(q.id, q.resolved_at).where(q.id.in_(open_ids)))}
+        after = {
+            int(r.id): r.resolved_at
+            for r in conn.execute(select(q.id, q.resolved_at).where(q.id.in_(open_ids)))
+        }
         done = [i for i in open_ids if after.get(i) == now]
         for i in open_ids:
             if i not in done:

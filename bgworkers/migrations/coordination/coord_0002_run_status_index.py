@@ -13,5 +13,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    ops.create_index(next(ix for ix in own.run.indexes
-                          if ix.name == "ix_bgw_run_job_tenant_status"))
+    ops.create_index(
+        next(ix for ix in own.run.indexes if ix.name == "ix_bgw_run_job_tenant_status")
+    )

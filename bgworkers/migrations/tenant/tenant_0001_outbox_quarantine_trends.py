@@ -14,7 +14,10 @@ depends_on = None
 
 def upgrade() -> None:
     ops.add_column(tenant.serial_link_outbox, "next_attempt_at")
-    ops.create_index(next(ix for ix in tenant.serial_link_outbox.indexes
-                          if ix.name == "ix_serial_link_outbox_due"))
+    ops.create_index(
+        next(
+            ix for ix in tenant.serial_link_outbox.indexes if ix.name == "ix_serial_link_outbox_due"
+        )
+    )
     ops.widen_enum(tenant.serial_quarantine, "reason")
     ops.create_table(tenant.mv_dashboard_trends)

@@ -28,5 +28,6 @@ DASHBOARDS = (
 
 def upgrade() -> None:
     for table in DASHBOARDS:
-        ops.add_columns(table, [c.name for c in table.columns
-                                if c.name not in ("id", "snapshot_at")])
+        ops.add_columns(
+            table, [c.name for c in table.columns if c.name not in ("id", "snapshot_at")]
+        )
