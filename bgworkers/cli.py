@@ -306,10 +306,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from bgworkers.jobs.serials import explain
+    from bgworkers.jobs.serials import explain_text
 
     return _with_databases(
-        args, lambda s, d: explain.explain(s, d, args.serial, args.tenant, print, as_json=args.json)
+        args,
+        lambda s, d: explain_text.explain(s, d, args.serial, args.tenant, print, as_json=args.json),
     )
 
 

@@ -6,9 +6,9 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, literal_column, text
 from sqlalchemy.engine import URL, Dialect
@@ -16,10 +16,23 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from bgworkers.db import limits
 from bgworkers.db.dialects import is_sqlite, sqlite_file
-from bgworkers.schema.types import PreciseDateTime
+from bgworkers.db.types import PreciseDateTime
 
-if TYPE_CHECKING:  # settings import the dialect helpers of this package
-    from bgworkers.settings import DatabaseSettings
+
+class PoolSettings(Protocol):
+    """What engines are made with (`settings.DatabaseSettings` has it): db imports no
+    settings, so that settings can use the dialect helpers."""
+
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def max_overflow(self) -> int: ...
+    @property
+    def pool_recycle(self) -> timedelta: ...
+    @property
+    def pool_timeout(self) -> timedelta: ...
+    @property
+    def connect_timeout(self) -> timedelta: ...
 
 
 def error_line(exc: BaseException) -> str:
@@ -30,7 +43,7 @@ def error_line(exc: BaseException) -> str:
 
 def make_engine(
     url: URL,
-    settings: DatabaseSettings,
+    settings: PoolSettings,
     io_timeout: float | None = None,
     max_overflow: int | None = None,
 ) -> Engine:
@@ -155,7 +168,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def ensure_database(url: URL, settings: DatabaseSettings) -> bool:
+def ensure_database(url: URL, settings: PoolSettings) -> bool:
     """Create the database named in the URL if missing (for SQLite: its directory).
 
     Returns True when a MySQL database was created.

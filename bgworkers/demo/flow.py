@@ -232,3 +232,31 @@ class Flow:
             t, prev = done, node
         ev((self._eid(), tid, "complete_token", route[-1][0], None, op, local(t)))
         return "completed", route[-1][0], start_at, t, work_ms
+
+
+class Ticket:
+    """The state of the ticket being written (plain attributes, set by TenantGenerator)."""
+
+    t: int
+    id: int
+    kind: int
+    start: int
+    first: int
+    size: int
+    route: list[Node]
+    piece_route: list[Node]
+    sku: str
+    reg_type: str
+    mode: int
+    group: int | None
+    cancelled: bool
+    yyyymmdd: str
+    head: str
+    head_sum: int
+    generated: str
+    spawns: list[int]
+    cancel_at: int | None
+    slots: list[str]
+    eligible: bool
+    statuses: list[str]
+    clean_serial: str

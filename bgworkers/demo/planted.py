@@ -8,16 +8,50 @@ so the serial consistency job meets each of them exactly once.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from random import Random
+from typing import Protocol
 
 from bgworkers.demo import serialgen as sg
-from bgworkers.demo.flow import FULL, LIVE
-from bgworkers.demo.plan import EXTRA_TOKENS
-from bgworkers.demo.stamps import DAY, HOUR, MINUTE
+from bgworkers.demo.catalog import Org
+from bgworkers.demo.flow import FULL, LIVE, Flow, Ticket
+from bgworkers.demo.plan import EXTRA_TOKENS, Plan
+from bgworkers.demo.stamps import DAY, HOUR, MINUTE, Stamps
+from bgworkers.demo.writer import BulkWriter
 
-if TYPE_CHECKING:
-    from bgworkers.demo.tenant import TenantGenerator, Ticket
+
+class TenantGenerator(Protocol):
+    """What planting uses of `tenant.TenantGenerator`, which calls the functions here."""
+
+    org: Org
+    plan: Plan
+    rng: Random
+    flow: Flow
+    maker: sg.SerialMaker
+    ts: Stamps
+    tw: BulkWriter
+    found: Counter[str]
+    extra_index: int
+    next_outbox: int
+    next_quarantine: int
+
+    def add_serial(
+        self, c: Ticket, serial: str, seq: int, spawned_at: str | None, token: int | None
+    ) -> None: ...
+
+    def register(
+        self,
+        c: Ticket,
+        serial: str,
+        org: Org,
+        dag: int | None,
+        status: str,
+        signature: str,
+        check: str | None,
+        scope: str,
+    ) -> None: ...
+
 
 QUARANTINE_REASONS = ("checksum_fail", "duplicate", "invalid_format", "hash_fail")
 BACKOFF = (MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 6 * HOUR)

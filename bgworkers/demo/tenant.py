@@ -29,7 +29,7 @@ from bgworkers.demo.catalog import (
     TeamSpec,
     memberships,
 )
-from bgworkers.demo.flow import BRIEF, FULL, LIVE, NONE, Flow, Node
+from bgworkers.demo.flow import BRIEF, FULL, LIVE, NONE, Flow, Node, Ticket
 from bgworkers.demo.plan import (
     CANCEL_DELAY,
     CANCELLED,
@@ -55,34 +55,6 @@ class TenantRun:
     rows: dict[str, int]
     planted: dict[str, int]
     seconds: float
-
-
-class Ticket:
-    """The state of the ticket being written (plain attributes, set by TenantGenerator)."""
-
-    t: int
-    id: int
-    kind: int
-    start: int
-    first: int
-    size: int
-    route: list[Node]
-    piece_route: list[Node]
-    sku: str
-    reg_type: str
-    mode: int
-    group: int | None
-    cancelled: bool
-    yyyymmdd: str
-    head: str
-    head_sum: int
-    generated: str
-    spawns: list[int]
-    cancel_at: int | None
-    slots: list[str]
-    eligible: bool
-    statuses: list[str]
-    clean_serial: str
 
 
 class TenantGenerator:

@@ -2,7 +2,7 @@
 
 from sqlalchemy import CHAR, Column, DateTime, Enum, Index, Integer, MetaData, String, Table
 
-from bgworkers.schema.types import BigId, BinaryString64
+from bgworkers.db.types import BigId, BinaryString64
 
 metadata = MetaData()
 

@@ -3,7 +3,7 @@ default)."""
 
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
-from bgworkers.schema.types import BigId, PreciseDateTime
+from bgworkers.db.types import BigId, PreciseDateTime
 
 metadata = MetaData()
 

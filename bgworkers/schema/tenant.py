@@ -22,7 +22,7 @@ from sqlalchemy import (
     Text,
 )
 
-from bgworkers.schema.types import BigId
+from bgworkers.db.types import BigId
 
 ERP_QUARANTINE_REASONS = ("invalid_format", "checksum_fail", "hash_fail", "duplicate")
 ADDED_QUARANTINE_REASONS = ("orphaned", "registry_mismatch", "unregistered")

@@ -26,7 +26,8 @@ from bgworkers.engine.clock import FixedClock
 from bgworkers.engine.tenancy import Databases
 from bgworkers.jobs.serials import consistency as serial_consistency
 from bgworkers.jobs.serials.consistency import OUTCOME_COUNTERS
-from bgworkers.jobs.serials.explain import explain, gather, read_only
+from bgworkers.jobs.serials.explain import gather, read_only
+from bgworkers.jobs.serials.explain_text import explain
 from bgworkers.jobs.serials.format import hash_signature
 from bgworkers.schema import core, tenant
 from bgworkers.settings import Settings, load_settings

@@ -37,7 +37,7 @@ from bgworkers.engine.tenancy import Databases
 from bgworkers.jobs.outbox import job as serial_outbox
 from bgworkers.jobs.outbox import store as outbox_store
 from bgworkers.jobs.serials import consistency as serial_consistency
-from bgworkers.jobs.serials import explain
+from bgworkers.jobs.serials import explain_text
 from bgworkers.schema import core, tenant
 from bgworkers.settings import LoggingSettings, Settings
 
@@ -564,7 +564,7 @@ def test_explain_names_a_poison_row_as_the_check_skips_it(
     populate_check(env)
     lines: list[str] = []
     assert (
-        explain.explain(
+        explain_text.explain(
             env.settings,
             env.dbs,
             serial,
@@ -581,5 +581,7 @@ def test_explain_names_a_poison_row_as_the_check_skips_it(
     assert [(c["source_table"], c["source_id"]) for c in bad] == [(table, source_id)]
     assert bad[0]["detail"].startswith(problem)
     text: list[str] = []
-    explain.explain(env.settings, env.dbs, serial, "DEFAULT", text.append, clock=FixedClock(NOW))
+    explain_text.explain(
+        env.settings, env.dbs, serial, "DEFAULT", text.append, clock=FixedClock(NOW)
+    )
     assert any("bad_row" in line for line in text), text

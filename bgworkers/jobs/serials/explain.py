@@ -16,7 +16,6 @@ tenancy.resolve refuses).  Tenants that discovery refuses are listed with why.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,12 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.db import error_line
 from bgworkers.db.dialects import is_sqlite, missing_sqlite_file
-from bgworkers.engine.clock import Clock, SystemClock, naive_utc
+from bgworkers.engine.clock import Clock, naive_utc
 from bgworkers.engine.tenancy import Databases, TenantError, discover, is_active, resolve
 from bgworkers.jobs.serials.checks import as_text, date_text, same_text
 from bgworkers.jobs.serials.consistency import parse_naive
 from bgworkers.jobs.serials.explain_rules import Judge, describe_format
-from bgworkers.jobs.serials.explain_text import render
 from bgworkers.schema import core
 from bgworkers.schema import tenant as erp
 from bgworkers.settings import Settings
@@ -77,32 +75,6 @@ class Facts:
     @property
     def found(self) -> bool:
         return self.registry is not None or any(t.known for t in self.tenants)
-
-
-def explain(
-    settings: Settings,
-    dbs: Databases,
-    serial: str,
-    tenant_code: str | None,
-    out: Out,
-    as_json: bool = False,
-    clock: Clock | None = None,
-) -> int:
-    """Print what is known about `serial` and what the check would conclude; the exit status."""
-    try:
-        facts = gather(settings, dbs, serial, tenant_code, clock or SystemClock())
-    except BadInput as exc:
-        out(f"bgworkers explain: {exc}")
-        return 2
-    except SQLAlchemyError as exc:
-        out(f"core: FAILED: {error_line(exc)}")
-        return 1
-    if as_json:
-        out(json.dumps(as_dict(facts), default=_json_value, ensure_ascii=False))
-    else:
-        for line in render(facts, settings.erp.timezone):
-            out(line)
-    return 0 if facts.found else 1
 
 
 def gather(
@@ -315,7 +287,7 @@ def as_dict(facts: Facts) -> Record:
     }
 
 
-def _json_value(value: object) -> object:
+def json_value(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)  # Decimal and the like

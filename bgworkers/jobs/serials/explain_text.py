@@ -1,15 +1,29 @@
-"""The human form of `bgworkers explain`: one section for core, one per tenant."""
+"""`bgworkers explain`: the facts gathered (`explain.gather`) as JSON, or in human form:
+one section for core, one per tenant."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from bgworkers.db import error_line
+from bgworkers.engine.clock import Clock, SystemClock
+from bgworkers.engine.tenancy import Databases
+from bgworkers.jobs.serials.explain import (
+    BadInput,
+    Facts,
+    Out,
+    TenantFacts,
+    as_dict,
+    gather,
+    json_value,
+)
 from bgworkers.jobs.serials.format import Kind
-
-if TYPE_CHECKING:
-    from bgworkers.jobs.serials.explain import Facts, TenantFacts
+from bgworkers.settings import Settings
 
 Record = dict[str, Any]
 
@@ -19,6 +33,32 @@ HASH_CHECK = {
     "no_salt": "not checkable: no salt for {key}",
     "not_configured": "not checked: no salts configured",
 }
+
+
+def explain(
+    settings: Settings,
+    dbs: Databases,
+    serial: str,
+    tenant_code: str | None,
+    out: Out,
+    as_json: bool = False,
+    clock: Clock | None = None,
+) -> int:
+    """Print what is known about `serial` and what the check would conclude; the exit status."""
+    try:
+        facts = gather(settings, dbs, serial, tenant_code, clock or SystemClock())
+    except BadInput as exc:
+        out(f"bgworkers explain: {exc}")
+        return 2
+    except SQLAlchemyError as exc:
+        out(f"core: FAILED: {error_line(exc)}")
+        return 1
+    if as_json:
+        out(json.dumps(as_dict(facts), default=json_value, ensure_ascii=False))
+    else:
+        for line in render(facts, settings.erp.timezone):
+            out(line)
+    return 0 if facts.found else 1
 
 
 def show(value: str) -> str:
