@@ -41,7 +41,7 @@ class NoGuard:
 class JobSpec(Generic[S]):
     """Everything about one job, declared once.
 
-    Its name is its APScheduler id, its `[jobs.NAME]` table (of type `settings`),
+    Its name is its scheduler entry, its `[jobs.NAME]` table (of type `settings`),
     its log key (`job=`) and, unless it shares one, its lease group.
     """
 

@@ -22,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bgworkers.db import error_line, limits
 from bgworkers.engine import history
-from bgworkers.engine.clock import Clock, SystemClock
+from bgworkers.engine.clock import Clock, SystemClock, naive_utc
+from bgworkers.engine.history import RunStatus
 from bgworkers.engine.logs import configure_logging, get_logger
 from bgworkers.engine.runner import BOOKKEEPING_LIMIT, Runner, TickResult
 from bgworkers.engine.scheduler import Scheduler, changed_sections, previous_fire, tick_identity
@@ -60,8 +61,8 @@ class Daemon:
         states = Counter(r.status for r in result.tenants.values())
         self.last_tick = f"{result.job} at {result.tick_at:%H:%M:%S}: " + ", ".join(
             f"{states[s]} {s}"
-            for s in ("ok", "failed", "skipped", "missed")
-            if states[s] or s in ("ok", "failed")
+            for s in (RunStatus.OK, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.MISSED)
+            if states[s] or s in (RunStatus.OK, RunStatus.FAILED)
         )
         notify(f"STATUS={self.status()}")
 
@@ -86,9 +87,7 @@ class Daemon:
             except (SQLAlchemyError, limits.RunTimedOut) as exc:
                 log.warning("catch_up_failed", job=spec.name, error=error_line(exc))
                 continue
-            behind = {
-                code for code, at in last.items() if at < tick.astimezone(UTC).replace(tzinfo=None)
-            }
+            behind = {code for code, at in last.items() if at < naive_utc(tick)}
             if behind:
                 log.info("catch_up", job=spec.name, tick=tick.isoformat(), tenants=sorted(behind))
                 self.runner.tick(spec.name, tick, among=behind, wait=False, on_done=self._tick_done)
