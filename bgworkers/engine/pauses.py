@@ -29,13 +29,13 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bgworkers.db import db_now, error_line, limits
+from bgworkers.engine import history
 from bgworkers.engine.clock import aware_utc
 from bgworkers.engine.history import RunStatus
 from bgworkers.engine.logs import get_logger
 from bgworkers.engine.tenancy import Databases, TenantError, resolve
 from bgworkers.schema.own import ALL_TENANTS
 from bgworkers.schema.own import pause as pause_table
-from bgworkers.schema.own import run as run_table
 from bgworkers.settings import Settings
 
 log = get_logger("bgworkers.pauses")
@@ -120,27 +120,12 @@ def record_paused(
     pid: int,
     pause: Pause,
 ) -> bool:
-    """The `skipped` history row of a paused tenant's tick; False when another replica
-    already has this tick."""
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                insert(run_table).values(
-                    job=job,
-                    tenant=tenant,
-                    tick_at=tick_at,
-                    run_id=run_id,
-                    host=host,
-                    pid=pid,
-                    started_at=db_now(engine),
-                    ended_at=db_now(engine),
-                    status=RunStatus.SKIPPED.value,
-                    error=pause.describe(),
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    """The `skipped` history row of a paused tenant's tick (taking over a `missed` row, as
+    any claim does); False when another replica already has this tick."""
+    with engine.begin() as conn:
+        return history.claim(
+            conn, job, tenant, tick_at, run_id, host, pid, RunStatus.SKIPPED, pause.describe()
+        )
 
 
 # ------------------------------------------------------------------ operator commands
