@@ -18,6 +18,7 @@ from helpers import CliResult, DbUrls, MakeWorld, bgworkers, environment
 
 from bgworkers.cli import main
 from bgworkers.db import ensure_database
+from bgworkers.engine import history
 from bgworkers.engine.clock import FixedClock
 from bgworkers.engine.leases import Leases
 from bgworkers.engine.runner import Runner
@@ -118,6 +119,32 @@ def test_a_miss_recorded_elsewhere_never_takes_the_tick_away(db_urls: DbUrls, co
         ("maison_atelier", "ok", None),
     ]
     assert all(r.started_at <= r.ended_at for r in rows)
+
+
+def test_a_claim_whose_answer_was_lost_is_closed_missed(db_urls: DbUrls, config: Path) -> None:
+    # The claim committed, but the database went away before the replica heard so: its
+    # deferred miss closes its own running row instead of leaving it `running` for ever,
+    # and never touches a row another run holds.
+    runner = Runner(load_settings(config), BY_NAME)
+    tick = TICK.replace(tzinfo=None)
+    try:
+        engine = runner.dbs.coordination
+        for tenant, run_id in (("DEFAULT", "lost-answer"), ("maison_atelier", "running-elsewhere")):
+            with engine.begin() as conn:
+                assert history.claim(conn, "heartbeat", tenant, tick, run_id, "host-a", 1)
+        reason = "not run: coordination database unavailable"
+        assert history.record_missed(
+            engine, "heartbeat", "DEFAULT", tick, "lost-answer", "host-a", 1, reason
+        )
+        assert not history.record_missed(
+            engine, "heartbeat", "maison_atelier", tick, "mine", "host-b", 2, reason
+        )
+    finally:
+        runner.close()
+    assert {(r.tenant, r.run_id, r.status, r.error) for r in runs(db_urls.core_url)} == {
+        ("DEFAULT", "lost-answer", "missed", reason),
+        ("maison_atelier", "running-elsewhere", "running", None),
+    }
 
 
 def test_held_lease_skips_the_tenant_with_a_history_row(db_urls: DbUrls, config: Path) -> None:
